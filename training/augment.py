@@ -1,0 +1,106 @@
+"""Augmentation for small real template sets, on numpy batches of raw windows.
+
+Everything here acts before the in-graph window preparation, so a mixed or
+shifted window goes through exactly the detrend / band-pass / normalisation the
+detector applies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class AugmentConfig:
+    enabled: bool = True
+    # Where the event onset may fall inside a training window (context templates).
+    onset_range_s: tuple[float, float] = (0.3, 6.0)
+    # Templates exactly one window long: shift by up to this much, padding with the edge value.
+    max_shift_s: float = 1.0
+    # Log-uniform amplitude scaling (matters for mixing; peak normalisation removes it otherwise).
+    scale_range: tuple[float, float] = (0.1, 10.0)
+    polarity_flip_p: float = 0.5
+    # Event windows added to real noise windows at a random signal-to-noise ratio.
+    mix_p: float = 0.3
+    mix_snr_db: tuple[float, float] = (0.0, 20.0)
+    # Zero the horizontals (a vertical-only station), in both classes alike, so a
+    # model cannot use channel presence as a label.
+    vertical_only_p: float = 0.2
+    # Zero one random channel, in both classes alike.
+    drop_channel_p: float = 0.1
+
+    def __post_init__(self) -> None:
+        self.onset_range_s = tuple(float(x) for x in self.onset_range_s)
+        self.scale_range = tuple(float(x) for x in self.scale_range)
+        self.mix_snr_db = tuple(float(x) for x in self.mix_snr_db)
+
+
+def _hp_rms(x: np.ndarray) -> np.ndarray:
+    """RMS of the first difference per window: a cheap high-passed amplitude, float64[n]."""
+    d = np.diff(x.astype(np.float64), axis=-1)
+    return np.sqrt((d**2).mean(axis=(-2, -1))) + 1e-12
+
+
+def shift_with_edges(x: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """Shift each window [n, c, s] by shifts[n] samples (positive = later), padding with edge values."""
+    out = np.empty_like(x)
+    s = x.shape[-1]
+    for i, k in enumerate(shifts):
+        k = int(k)
+        if k > 0:
+            out[i, :, k:] = x[i, :, : s - k]
+            out[i, :, :k] = x[i, :, :1]
+        elif k < 0:
+            out[i, :, :k] = x[i, :, -k:]
+            out[i, :, k:] = x[i, :, -1:]
+        else:
+            out[i] = x[i]
+    return out
+
+
+def augment_batch(
+    x: np.ndarray,
+    y: np.ndarray,
+    noise_pool: np.ndarray,
+    cfg: AugmentConfig,
+    rng: np.random.Generator,
+    *,
+    sampling_rate_hz: float,
+    vertical_index: int,
+    shift: bool,
+) -> np.ndarray:
+    """Augment raw windows x: float32[n, c, s] with labels y: int[n]; returns a new array.
+
+    noise_pool: float32[m, c, s] real noise windows to mix events into.
+    """
+    if not cfg.enabled:
+        return x
+    x = x.astype(np.float32, copy=True)
+    n, c, _ = x.shape
+    if shift and cfg.max_shift_s > 0:
+        k = round(cfg.max_shift_s * sampling_rate_hz)
+        x = shift_with_edges(x, rng.integers(-k, k + 1, size=n))
+    ev = np.flatnonzero(y > 0)
+    if len(noise_pool) and len(ev) and cfg.mix_p > 0:
+        mix = ev[rng.random(len(ev)) < cfg.mix_p]
+        if len(mix):
+            noise = noise_pool[rng.integers(0, len(noise_pool), size=len(mix))].astype(np.float32)
+            snr_db = rng.uniform(*cfg.mix_snr_db, size=len(mix))
+            gain = 10 ** (snr_db / 20) * _hp_rms(noise) / _hp_rms(x[mix])
+            x[mix] = noise + (x[mix] * gain[:, None, None]).astype(np.float32)
+    lo, hi = np.log10(cfg.scale_range)
+    x *= (10 ** rng.uniform(lo, hi, size=n)).astype(np.float32)[:, None, None]
+    flip = rng.random(n) < cfg.polarity_flip_p
+    x[flip] *= -1
+    vert = rng.random(n) < cfg.vertical_only_p
+    if vert.any() and c > 1:
+        horiz = [i for i in range(c) if i != vertical_index]
+        x[np.ix_(vert, horiz)] = 0.0
+    live = np.abs(x).max(axis=-1) > 0  # [n, c]
+    for i in np.flatnonzero(~vert & (rng.random(n) < cfg.drop_channel_p)):
+        alive = np.flatnonzero(live[i])
+        if len(alive) > 1:  # never leave a window with no live channel
+            x[i, rng.choice(alive)] = 0.0
+    return x

@@ -1,0 +1,205 @@
+"""Export a trained checkpoint to one self-contained ONNX file with its ModelSpec.
+
+The graph takes raw prepared windows float32[batch, channels, samples] and
+returns class probabilities float32[batch, classes]; detrend, band-pass, peak
+normalisation, the spectrogram (slow-earthquake model) and the softmax /
+sigmoid are all inside. The spec goes into ``metadata_props``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from detector.spec import SPEC_KEY, ModelSpec, Preparation, TriggerDefaults
+
+from .metrics import binary_metrics, threshold_for_fpr
+from .pipeline import DetectorNet
+from .templates import Split, read_templates
+from .train import TrainConfig, make_eval_set, predict
+
+log = logging.getLogger(__name__)
+OPSET = 18
+PARITY_ATOL = 1e-4
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    spec: ModelSpec
+    max_abs_diff: float
+    n_parity_windows: int
+
+
+def load_checkpoint(path: str | Path) -> tuple[DetectorNet, dict[str, Any]]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist (train first, or name best.pt/last.pt)")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    for key in ("model", "config"):
+        if key not in state:
+            raise ValueError(f"{path}: not a quakescan checkpoint (no {key!r} entry)")
+    cfg = TrainConfig.from_dict(state["config"])
+    model = DetectorNet(cfg.model)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, state
+
+
+def to_onnx_bytes(model: DetectorNet) -> bytes:
+    """The graph with a dynamic batch axis (legacy TorchScript exporter: small, fast, stable graphs)."""
+    mc = model.cfg
+    x = torch.zeros(2, len(mc.channel_order), mc.window_samples)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (x,),
+            buf,
+            input_names=["windows"],
+            output_names=["probabilities"],
+            dynamic_axes={"windows": {0: "batch"}, "probabilities": {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    return buf.getvalue()
+
+
+def build_spec(
+    model: DetectorNet,
+    state: dict[str, Any],
+    *,
+    name: str,
+    version: str,
+    trigger: TriggerDefaults,
+    metrics: dict[str, Any],
+    description: str,
+    trained_on: str,
+    step_s: float,
+) -> ModelSpec:
+    cfg = TrainConfig.from_dict(state["config"])
+    mc = cfg.model
+    lo, hi = cfg.augment.onset_range_s
+    return ModelSpec(
+        name=name,
+        version=version,
+        architecture=mc.architecture,
+        sampling_rate_hz=mc.sampling_rate_hz,
+        window_samples=mc.window_samples,
+        channel_order=mc.channel_order,
+        class_names=tuple(mc.class_names),
+        step_s=step_s,
+        onset_offset_s=round(min((lo + hi) / 2, mc.window_samples / mc.sampling_rate_hz), 3),
+        preparation=Preparation(
+            bandpass_hz=mc.preparation.bandpass_hz,
+            fir_taps=mc.preparation.fir_taps,
+        ),
+        trigger=trigger,
+        description=description,
+        trained_on=trained_on,
+        training={
+            "templates": Path(cfg.templates).name,
+            "templates_sha256": state.get("templates_sha256", ""),
+            "templates_counts": state.get("templates_counts", {}),
+            "templates_dropped": state.get("templates_dropped", {}),
+            "epochs_run": state.get("epoch"),
+            "seed": cfg.seed,
+            "split_by": state.get("split", {}).get("by"),
+            "lr": cfg.lr,
+            "batch_size": cfg.batch_size,
+            "augment_onset_range_s": list(cfg.augment.onset_range_s),
+            "exported": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        },
+        metrics=metrics,
+    ).validate()
+
+
+def export(
+    checkpoint: str | Path,
+    out: str | Path,
+    *,
+    name: str | None = None,
+    version: str = "1",
+    templates: str | Path | None = None,
+    max_fpr: float = 0.005,
+    threshold: float | None = None,
+    off_ratio: float = 0.5,
+    description: str = "",
+    trained_on: str = "",
+    step_s: float = 1.0,
+) -> ExportResult:
+    """Export ``checkpoint`` to ``out``; check it with onnx.checker and for parity with PyTorch.
+
+    The trigger-on threshold is ``threshold`` or else the smallest one whose
+    false-positive rate on the validation noise windows is <= ``max_fpr``
+    (never below 0.5). Test-split metrics at that threshold go into the spec.
+    """
+    import onnxruntime as ort
+
+    model, state = load_checkpoint(checkpoint)
+    cfg = TrainConfig.from_dict(state["config"])
+    t = read_templates(templates or cfg.templates)
+    split = Split.from_dict(state["split"])
+    val = make_eval_set(t, split.val, cfg)
+    test = make_eval_set(t, split.test, cfg)
+    val_p = predict(model, val.x)
+    if threshold is None:
+        threshold = max(0.5, threshold_for_fpr(val_p, val.y, max_fpr))
+    threshold = float(min(threshold, 0.999))
+
+    raw = to_onnx_bytes(model)
+    sess = ort.InferenceSession(raw, providers=["CPUExecutionProvider"])
+    parity_x = np.concatenate([val.x, test.x])
+    torch_p = predict(model, parity_x)
+    ort_p = np.concatenate(
+        [sess.run(None, {"windows": parity_x[i : i + 256]})[0] for i in range(0, len(parity_x), 256)]
+    )
+    diff = float(np.abs(torch_p - ort_p).max()) if len(parity_x) else 0.0
+    if diff > PARITY_ATOL:
+        raise RuntimeError(
+            f"ONNX Runtime and PyTorch disagree by {diff:.2e} (> {PARITY_ATOL}) on real windows"
+        )
+    test_p = ort_p[len(val.x) :]
+    metrics = {
+        "split": "test",
+        "split_by": split.by,
+        "threshold": threshold,
+        "test": binary_metrics(test_p, test.y, threshold),
+        "val": binary_metrics(ort_p[: len(val.x)], val.y, threshold),
+        "eval_onsets_s": list(cfg.eval_onsets_s),
+    }
+    spec = build_spec(
+        model,
+        state,
+        name=name or cfg.model.architecture,
+        version=version,
+        trigger=TriggerDefaults(on=threshold, off=round(threshold * off_ratio, 4)),
+        metrics=metrics,
+        description=description,
+        trained_on=trained_on,
+        step_s=step_s,
+    )
+    m = onnx.load_from_string(raw)
+    m.producer_name = "quakescan"
+    m.doc_string = description or f"quakescan {spec.architecture} model"
+    del m.metadata_props[:]
+    p = m.metadata_props.add()
+    p.key, p.value = SPEC_KEY, spec.to_json()
+    onnx.checker.check_model(m, full_check=True)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(m, str(out))
+    log.info("exported %s (%d bytes); parity max |diff| %.2e on %d windows", out, out.stat().st_size, diff, len(parity_x))
+    return ExportResult(path=out, spec=spec, max_abs_diff=diff, n_parity_windows=len(parity_x))
