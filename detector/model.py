@@ -52,8 +52,13 @@ def resolve_model_path(model: str | os.PathLike | None) -> Path:
     return path
 
 
+def gpu_present() -> bool:
+    """An NVIDIA driver is loaded on this host (a CUDA provider could run)."""
+    return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidiactl")
+
+
 def _cuda_usable() -> bool:
-    return "CUDAExecutionProvider" in ort.get_available_providers()
+    return "CUDAExecutionProvider" in ort.get_available_providers() and gpu_present()
 
 
 class OnnxModel:
@@ -93,14 +98,18 @@ class OnnxModel:
             # A CUDA provider that cannot load (no driver, no cuDNN) is reported
             # below as a fallback, not as ONNX Runtime's own error spew.
             ort.set_default_logger_severity(4)
-            self.session = ort.InferenceSession(str(self.path), sess_options=so, providers=providers)
+            self.session = ort.InferenceSession(
+                str(self.path), sess_options=so, providers=providers
+            )
         except Exception as exc:  # onnxruntime raises its own exception types
             raise SpecError(f"{self.path}: ONNX Runtime cannot load this file: {exc}") from None
         finally:
             ort.set_default_logger_severity(2)
         self.provider = self.session.get_providers()[0]
         if want_cuda and self.provider != "CUDAExecutionProvider":
-            msg = f"CUDA execution provider not usable on this host; running {self.path.name} on CPU"
+            msg = (
+                f"CUDA execution provider not usable on this host; running {self.path.name} on CPU"
+            )
             if device == "cuda":
                 raise RuntimeError(msg)
             log.warning(msg)

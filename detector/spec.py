@@ -62,7 +62,9 @@ class Preparation:
         if self.bandpass_hz is not None:
             lo, hi = self.bandpass_hz
             if not 0 < lo < hi:
-                raise SpecError(f"preparation.bandpass_hz {self.bandpass_hz} must be 0 < low < high")
+                raise SpecError(
+                    f"preparation.bandpass_hz {self.bandpass_hz} must be 0 < low < high"
+                )
         if self.where != "graph":
             raise SpecError(
                 f"preparation.where is {self.where!r}; this detector supports 'graph' "

@@ -61,8 +61,14 @@ class LazyGroup(click.Group):
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:
             missing = exc.name or "?"
-            hint = "pip install 'quakescan[train]' (after torch==2.13.0)" if module.startswith("training") else "reinstall quakescan"
-            raise click.ClickException(f"`quakescan {name}` needs the missing package {missing!r}: {hint}") from None
+            hint = (
+                "pip install 'quakescan[train]' (after torch==2.13.0)"
+                if module.startswith("training")
+                else "reinstall quakescan"
+            )
+            raise click.ClickException(
+                f"`quakescan {name}` needs the missing package {missing!r}: {hint}"
+            ) from None
         return getattr(mod, attr)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
@@ -76,7 +82,9 @@ class LazyGroup(click.Group):
 @click.version_option(package_name="quakescan")
 def cli(verbose: int) -> None:
     """quakescan: seismic event detection with CNNs, from training to a Celery service."""
-    level = os.environ.get("QUAKESCAN_LOG_LEVEL") or ("DEBUG" if verbose > 1 else "INFO" if verbose else "WARNING")
+    level = os.environ.get("QUAKESCAN_LOG_LEVEL") or (
+        "DEBUG" if verbose > 1 else "INFO" if verbose else "WARNING"
+    )
     logging.basicConfig(
         level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -30,6 +30,9 @@ class AugmentConfig:
     vertical_only_p: float = 0.2
     # Zero one random channel, in both classes alike.
     drop_channel_p: float = 0.1
+    # Replace the horizontals of a window by those of a real noise window (a
+    # station with dead or noisy horizontals, as some real stations have).
+    noisy_horizontals_p: float = 0.1
 
     def __post_init__(self) -> None:
         self.onset_range_s = tuple(float(x) for x in self.onset_range_s)
@@ -90,6 +93,11 @@ def augment_batch(
             snr_db = rng.uniform(*cfg.mix_snr_db, size=len(mix))
             gain = 10 ** (snr_db / 20) * _hp_rms(noise) / _hp_rms(x[mix])
             x[mix] = noise + (x[mix] * gain[:, None, None]).astype(np.float32)
+    swap = rng.random(n) < cfg.noisy_horizontals_p
+    if len(noise_pool) and swap.any() and c > 1:
+        horiz = [i for i in range(c) if i != vertical_index]
+        src = noise_pool[rng.integers(0, len(noise_pool), size=int(swap.sum()))]
+        x[np.ix_(swap, horiz)] = src[:, horiz].astype(np.float32)
     lo, hi = np.log10(cfg.scale_range)
     x *= (10 ** rng.uniform(lo, hi, size=n)).astype(np.float32)[:, None, None]
     flip = rng.random(n) < cfg.polarity_flip_p

@@ -45,7 +45,9 @@ def load_checkpoint(path: str | Path) -> tuple[DetectorNet, dict[str, Any]]:
     if path.is_dir():
         path = path / "best.pt"
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist (train first, or name best.pt/last.pt)")
+        raise FileNotFoundError(
+            f"checkpoint {path} does not exist (train first, or name best.pt/last.pt)"
+        )
     state = torch.load(path, map_location="cpu", weights_only=False)
     for key in ("model", "config"):
         if key not in state:
@@ -164,7 +166,10 @@ def export(
     parity_x = np.concatenate([val.x, test.x])
     torch_p = predict(model, parity_x)
     ort_p = np.concatenate(
-        [sess.run(None, {"windows": parity_x[i : i + 256]})[0] for i in range(0, len(parity_x), 256)]
+        [
+            sess.run(None, {"windows": parity_x[i : i + 256]})[0]
+            for i in range(0, len(parity_x), 256)
+        ]
     )
     diff = float(np.abs(torch_p - ort_p).max()) if len(parity_x) else 0.0
     if diff > PARITY_ATOL:
@@ -201,5 +206,11 @@ def export(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(m, str(out))
-    log.info("exported %s (%d bytes); parity max |diff| %.2e on %d windows", out, out.stat().st_size, diff, len(parity_x))
+    log.info(
+        "exported %s (%d bytes); parity max |diff| %.2e on %d windows",
+        out,
+        out.stat().st_size,
+        diff,
+        len(parity_x),
+    )
     return ExportResult(path=out, spec=spec, max_abs_diff=diff, n_parity_windows=len(parity_x))

@@ -16,7 +16,9 @@ def roc_auc(score: np.ndarray, positive: np.ndarray) -> float:
     return float((r[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def binary_metrics(probs: np.ndarray, labels: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+def binary_metrics(
+    probs: np.ndarray, labels: np.ndarray, threshold: float = 0.5
+) -> dict[str, float]:
     """Event (any class but noise) against noise, at an event-probability threshold.
 
     probs: float[n, K] class probabilities (noise first); labels: int[n].

@@ -98,7 +98,9 @@ class DetectorNet(nn.Module):
             return torch.cat([1 - out, out], dim=1)
         return torch.softmax(out, dim=1)
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor, class_weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss(
+        self, x: torch.Tensor, y: torch.Tensor, class_weights: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean loss, probabilities) for windows x and integer labels y."""
         out = self.raw_output(x)
         if self.cfg.binary_sigmoid:

@@ -93,7 +93,9 @@ def file_sha256(path: str | Path) -> str:
 
 _STATION_PATTERNS = [
     re.compile(r"(?<![A-Za-z0-9])([A-Z0-9]{1,2})\.([A-Z0-9]{1,5})\.\d{8}T"),  # NET.STA.YYYYMMDDT...
-    re.compile(r"(?<![A-Za-z0-9])([A-Z0-9]{1,5})\.([A-Z0-9]{1,2})_\d{8}"),  # STEAD: STA.NET_YYYYMMDD
+    re.compile(
+        r"(?<![A-Za-z0-9])([A-Z0-9]{1,5})\.([A-Z0-9]{1,2})_\d{8}"
+    ),  # STEAD: STA.NET_YYYYMMDD
 ]
 
 
@@ -119,7 +121,9 @@ def _check_dataset(path: Path, f: h5py.File, name: str, n_channels: int | None) 
         )
     d = f[name]
     if not isinstance(d, h5py.Dataset):
-        raise TemplatesError(f"{path}: {name!r} is a group, expected a dataset (N, channels, samples)")
+        raise TemplatesError(
+            f"{path}: {name!r} is a group, expected a dataset (N, channels, samples)"
+        )
     if d.ndim != 3:
         raise TemplatesError(
             f"{path}: dataset {name!r} has shape {d.shape}; expected 3 dimensions (N, channels, samples)"
@@ -202,9 +206,13 @@ def read_templates(path: str | Path) -> Templates:
             if key in f:
                 onset = f[key][()].astype(np.int64)
                 if onset.shape != (n,):
-                    raise TemplatesError(f"{path}: {key!r} has shape {onset.shape}; expected ({n},)")
-            src = _decode(f[f"{name}_source"][()]) if f"{name}_source" in f else np.array(
-                [f"{path.name}:{name}:{i}" for i in range(n)], dtype=object
+                    raise TemplatesError(
+                        f"{path}: {key!r} has shape {onset.shape}; expected ({n},)"
+                    )
+            src = (
+                _decode(f[f"{name}_source"][()])
+                if f"{name}_source" in f
+                else np.array([f"{path.name}:{name}:{i}" for i in range(n)], dtype=object)
             )
             if f"{name}_station" in f:
                 sta = _decode(f[f"{name}_station"][()])
@@ -324,7 +332,12 @@ class Split:
 
 
 def split_templates(
-    t: Templates, *, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0, by: str = "auto"
+    t: Templates,
+    *,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    by: str = "auto",
 ) -> Split:
     """A seeded, stratified train/validation/test split.
 
@@ -368,7 +381,9 @@ def split_templates(
 
 
 # -------------------------------------------------------------- window cutting
-def eval_crop_starts(t: Templates, window_samples: int, onsets_s: tuple[float, ...]) -> list[tuple[int, int]]:
+def eval_crop_starts(
+    t: Templates, window_samples: int, onsets_s: tuple[float, ...]
+) -> list[tuple[int, int]]:
     """Deterministic (template index, crop start) pairs for evaluation.
 
     Event windows with a known onset are cut with the onset at each of
@@ -395,7 +410,11 @@ def eval_crop_starts(t: Templates, window_samples: int, onsets_s: tuple[float, .
 
 
 def random_crop_starts(
-    t: Templates, idx: np.ndarray, window_samples: int, onset_range_s: tuple[float, float], rng: np.random.Generator
+    t: Templates,
+    idx: np.ndarray,
+    window_samples: int,
+    onset_range_s: tuple[float, float],
+    rng: np.random.Generator,
 ) -> np.ndarray:
     """Random crop starts: events put their onset inside ``onset_range_s`` of the window."""
     span = t.samples - window_samples

@@ -43,6 +43,7 @@ class TrainConfig:
     epochs: int = 30
     batch_size: int = 64
     lr: float = 1e-3
+    lr_schedule: str = "cosine"  # or "constant"; cosine decays to 5% of lr at the last epoch
     weight_decay: float = 0.0
     seed: int = 0
     val_fraction: float = 0.15
@@ -104,15 +105,29 @@ def check_compatible(t: Templates, mc: ModelConfig) -> None:
         )
 
 
+def lr_at(cfg: TrainConfig, epoch: int) -> float:
+    """Learning rate of an epoch: a pure function of the epoch, so a resumed run matches."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    if cfg.lr_schedule != "cosine":
+        raise ValueError(f"lr_schedule {cfg.lr_schedule!r}: expected 'cosine' or 'constant'")
+    frac = epoch / max(cfg.epochs - 1, 1)
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * frac)))
+
+
 @torch.no_grad()
 def predict(model: DetectorNet, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Class probabilities float32[n, K] for raw windows float32[n, c, N]."""
     model.eval()
-    out = [model(torch.from_numpy(x[i : i + batch_size])).numpy() for i in range(0, len(x), batch_size)]
+    out = [
+        model(torch.from_numpy(x[i : i + batch_size])).numpy() for i in range(0, len(x), batch_size)
+    ]
     return np.concatenate(out) if out else np.empty((0, len(model.cfg.class_names)), np.float32)
 
 
-def evaluate_loss(model: DetectorNet, ev: EvalSet, batch_size: int = 256) -> tuple[float, np.ndarray]:
+def evaluate_loss(
+    model: DetectorNet, ev: EvalSet, batch_size: int = 256
+) -> tuple[float, np.ndarray]:
     model.eval()
     losses, probs = [], []
     with torch.no_grad():
@@ -131,8 +146,14 @@ def _save(path: Path, state: dict) -> None:
     tmp.replace(path)
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train and return the history; writes checkpoints, history.json and learning_curve.png."""
+def train(
+    cfg: TrainConfig, *, resume: bool = False, progress: bool = True, stop_after: int | None = None
+) -> dict[str, Any]:
+    """Train and return the history; writes checkpoints, history.json and learning_curve.png.
+
+    ``stop_after`` ends this call after that epoch, as an interruption would
+    (the run can then be resumed).
+    """
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
@@ -183,7 +204,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         history = state["history"]
-        best_val, bad_epochs, start_epoch = state["best_val_loss"], state["bad_epochs"], state["epoch"]
+        best_val, bad_epochs, start_epoch = (
+            state["best_val_loss"],
+            state["bad_epochs"],
+            state["epoch"],
+        )
 
     train_t = t.subset(split.train)
     val = make_eval_set(t, split.val, cfg)
@@ -192,7 +217,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
     if (counts == 0).any():
         missing = [c for c, k in zip(cfg.model.class_names, counts, strict=True) if k == 0]
         raise ValueError(f"the training split has no windows of class(es) {missing}")
-    weights = torch.tensor(counts.sum() / (n_cls * counts), dtype=torch.float32) if cfg.balance else None
+    weights = (
+        torch.tensor(counts.sum() / (n_cls * counts), dtype=torch.float32) if cfg.balance else None
+    )
     noise_idx = np.flatnonzero(train_t.labels == 0)
     vertical = cfg.model.channel_order.index("Z") if "Z" in cfg.model.channel_order else 0
     n_win = cfg.model.window_samples
@@ -210,9 +237,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
     )
     stopped_early = False
     for epoch in range(start_epoch, cfg.epochs):
+        if stop_after is not None and epoch >= stop_after:
+            break
         if bad_epochs >= cfg.patience:
             stopped_early = True
             break
+        for g in opt.param_groups:
+            g["lr"] = lr_at(cfg, epoch)
         rng = np.random.default_rng([cfg.seed, epoch])
         torch.manual_seed(cfg.seed * 100_003 + epoch)
         model.train()
@@ -222,17 +253,32 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
         t0 = time.time()
         run_loss, run_correct, seen = 0.0, 0, 0
         batches = range(0, len(order), cfg.batch_size)
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+        bar = tqdm(
+            batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False
+        )
         for b in bar:
             ids, cs = order[b : b + cfg.batch_size], crops[b : b + cfg.batch_size]
-            x = np.stack([train_t.windows[i, :, c : c + n_win] for i, c in zip(ids, cs, strict=True)])
+            x = np.stack(
+                [train_t.windows[i, :, c : c + n_win] for i, c in zip(ids, cs, strict=True)]
+            )
             y = train_t.labels[ids]
             pool_ids = rng.choice(noise_idx, size=min(len(ids), len(noise_idx)))
             pool_cs = random_crop_starts(train_t, pool_ids, n_win, cfg.augment.onset_range_s, rng)
-            pool = np.stack([train_t.windows[i, :, c : c + n_win] for i, c in zip(pool_ids, pool_cs, strict=True)])
+            pool = np.stack(
+                [
+                    train_t.windows[i, :, c : c + n_win]
+                    for i, c in zip(pool_ids, pool_cs, strict=True)
+                ]
+            )
             x = augment_batch(
-                x, y, pool, cfg.augment, rng,
-                sampling_rate_hz=cfg.model.sampling_rate_hz, vertical_index=vertical, shift=shift,
+                x,
+                y,
+                pool,
+                cfg.augment,
+                rng,
+                sampling_rate_hz=cfg.model.sampling_rate_hz,
+                vertical_index=vertical,
+                shift=shift,
             )
             xb, yb = torch.from_numpy(x), torch.from_numpy(y)
             opt.zero_grad()
@@ -288,8 +334,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
         if progress:
             tqdm.write(msg)
         log.info(msg)
-    else:
-        stopped_early = bad_epochs >= cfg.patience and len(history) < cfg.epochs
     if stopped_early:
         log.info("early stop: validation loss did not improve for %d epochs", cfg.patience)
     plot_learning_curve(history, out / "learning_curve.png")
@@ -310,12 +354,20 @@ def plot_learning_curve(history: list[dict[str, Any]], path: Path) -> Path | Non
     ax1.set_xlabel("Epoch")
     ax1.set_ylabel("Loss", color="tab:red")
     ax1.plot(ep, [h["train_loss"] for h in history], color="tab:red", label="train loss")
-    ax1.plot(ep, [h["val_loss"] for h in history], color="tab:red", ls="--", label="validation loss")
+    ax1.plot(
+        ep, [h["val_loss"] for h in history], color="tab:red", ls="--", label="validation loss"
+    )
     ax1.tick_params(axis="y", labelcolor="tab:red")
     ax2 = ax1.twinx()
     ax2.set_ylabel("Accuracy", color="tab:blue")
     ax2.plot(ep, [h["train_accuracy"] for h in history], color="tab:blue", label="train accuracy")
-    ax2.plot(ep, [h["val_accuracy"] for h in history], color="tab:blue", ls="--", label="validation accuracy")
+    ax2.plot(
+        ep,
+        [h["val_accuracy"] for h in history],
+        color="tab:blue",
+        ls="--",
+        label="validation accuracy",
+    )
     ax2.tick_params(axis="y", labelcolor="tab:blue")
     h1, l1 = ax1.get_legend_handles_labels()
     h2, l2 = ax2.get_legend_handles_labels()

@@ -1,0 +1,211 @@
+"""Trigger: per-window class probabilities of one station, in time order -> detections.
+
+A trigger switches on at the first window whose event probability (1 - p(noise))
+reaches ``on`` and stays on while it is at least ``off``; a missing window (a
+gap in the data) switches it off. Triggers closer than ``merge_gap_s`` (from the
+last window of one to the first of the next) are merged; triggers shorter than
+``min_duration_s`` (first to last window start, plus one step) are dropped.
+
+``StationTrigger`` keeps its state between calls, so feeding a station's
+probabilities in pieces (day by day, or chunk by chunk in the sink) gives the
+same detections as one pass; ``trigger_onoff`` is the array form of the same logic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from obspy import UTCDateTime
+
+from .catalog import Detection
+
+
+@dataclass
+class TriggerParams:
+    on: float = 0.9
+    off: float = 0.5
+    min_duration_s: float = 0.0
+    merge_gap_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.on <= 1.0:
+            raise ValueError(f"trigger on-threshold ({self.on}) must lie in (0, 1]")
+        if not 0.0 <= self.off <= self.on:
+            raise ValueError(f"trigger off-threshold ({self.off}) must lie in [0, on={self.on}]")
+        if self.min_duration_s < 0 or self.merge_gap_s < 0:
+            raise ValueError("min_duration_s and merge_gap_s must be >= 0")
+
+
+@dataclass
+class _Open:
+    k_first: int
+    k_last: int
+    k_peak: int
+    p_peak: float
+    class_p: np.ndarray  # class probabilities at the peak window
+
+
+def trigger_onoff(score: np.ndarray, on: float, off: float) -> list[tuple[int, int]]:
+    """(first, last) window indices of each trigger over one contiguous score array.
+
+    score: float[n] event probability. NaN counts as a missing window.
+    """
+    out: list[tuple[int, int]] = []
+    s = np.nan_to_num(np.asarray(score, dtype=np.float64), nan=-1.0)
+    i, n = 0, len(s)
+    while i < n:
+        above = np.flatnonzero(s[i:] >= on)
+        if not len(above):
+            break
+        a = i + int(above[0])
+        below = np.flatnonzero(s[a:] < off)
+        b = a + int(below[0]) - 1 if len(below) else n - 1
+        out.append((a, b))
+        i = b + 1
+    return out
+
+
+class StationTrigger:
+    """Incremental trigger for one station (and channel prefix).
+
+    ``feed(k, probs)`` with grid indices k (int64[n], increasing) and class
+    probabilities float[n, K] returns the detections that are final; ``flush()``
+    returns the rest at the end of the data.
+    """
+
+    def __init__(
+        self,
+        station: str,
+        channel_prefix: str,
+        *,
+        params: TriggerParams,
+        step_s: float,
+        window_s: float,
+        onset_offset_s: float,
+        class_names: tuple[str, ...],
+        model: str,
+        model_version: str,
+    ) -> None:
+        self.station = station
+        self.channel_prefix = channel_prefix
+        self.p = params
+        self.step_s = step_s
+        self.window_s = window_s
+        self.onset_offset_s = onset_offset_s
+        self.class_names = tuple(class_names)
+        self.model = model
+        self.model_version = model_version
+        self._open: _Open | None = None  # trigger still on
+        self._pending: _Open | None = None  # closed, may still merge with the next
+        self._last_k: int | None = None
+        self._merge_k = int(np.floor(params.merge_gap_s / step_s + 1e-9))
+
+    @property
+    def last_k(self) -> int | None:
+        """The last grid index fed so far."""
+        return self._last_k
+
+    def _close(self, tr: _Open, out: list[Detection]) -> None:
+        pend = self._pending
+        if pend is not None and tr.k_first - pend.k_last <= self._merge_k:
+            if tr.p_peak > pend.p_peak:
+                pend.k_peak, pend.p_peak, pend.class_p = tr.k_peak, tr.p_peak, tr.class_p
+            pend.k_last = tr.k_last
+            return
+        if pend is not None:
+            self._emit(pend, out)
+        self._pending = tr
+
+    def _emit(self, tr: _Open, out: list[Detection]) -> None:
+        duration = (tr.k_last - tr.k_first + 1) * self.step_s
+        if duration + 1e-9 < self.p.min_duration_s:
+            return
+        ev = tr.class_p[1:]
+        label = self.class_names[1 + int(np.argmax(ev))]
+        start = UTCDateTime(ns=tr.k_first * round(self.step_s * 1e9))
+        out.append(
+            Detection(
+                station=self.station,
+                channel_prefix=self.channel_prefix,
+                start=start,
+                end=UTCDateTime(ns=tr.k_last * round(self.step_s * 1e9)) + self.window_s,
+                peak_time=UTCDateTime(ns=tr.k_peak * round(self.step_s * 1e9))
+                + self.onset_offset_s,
+                peak_probability=round(float(tr.p_peak), 6),
+                label=label,
+                model=self.model,
+                model_version=self.model_version,
+            )
+        )
+
+    def _release_pending(self, k_now: int, out: list[Detection]) -> None:
+        """A pending trigger is final once no window within the merge gap can still come."""
+        if (
+            self._pending is not None
+            and self._open is None
+            and k_now - self._pending.k_last > self._merge_k
+        ):
+            self._emit(self._pending, out)
+            self._pending = None
+
+    def feed(self, k: np.ndarray, probs: np.ndarray) -> list[Detection]:
+        out: list[Detection] = []
+        k = np.asarray(k, dtype=np.int64)
+        if len(k) == 0:
+            return out
+        if self._last_k is not None and k[0] <= self._last_k:
+            raise ValueError(
+                f"{self.station}: windows must arrive in time order (got k={int(k[0])} after {self._last_k})"
+            )
+        if len(k) > 1 and (np.diff(k) <= 0).any():
+            raise ValueError(f"{self.station}: window indices are not strictly increasing")
+        score = 1.0 - np.asarray(probs[:, 0], dtype=np.float64)
+        # Split where windows are missing: a gap switches the trigger off.
+        breaks = np.flatnonzero(np.diff(k) > 1) + 1
+        prev = self._last_k
+        for lo, hi in zip(np.r_[0, breaks], np.r_[breaks, len(k)], strict=True):
+            kk, ss, pp = k[lo:hi], score[lo:hi], probs[lo:hi]
+            if prev is not None and kk[0] != prev + 1 and self._open is not None:
+                self._close(self._open, out)
+                self._open = None
+            i = 0
+            if self._open is not None:  # continue the open trigger
+                below = np.flatnonzero(ss < self.p.off)
+                end = int(below[0]) if len(below) else len(ss)
+                if end > 0:
+                    j = int(np.argmax(ss[:end]))
+                    if ss[j] > self._open.p_peak:
+                        self._open.k_peak, self._open.p_peak, self._open.class_p = (
+                            int(kk[j]),
+                            float(ss[j]),
+                            pp[j].copy(),
+                        )
+                    self._open.k_last = int(kk[end - 1])
+                if end < len(ss):
+                    self._close(self._open, out)
+                    self._open = None
+                i = end
+            for a, b in trigger_onoff(ss[i:], self.p.on, self.p.off):
+                a, b = a + i, b + i
+                j = a + int(np.argmax(ss[a : b + 1]))
+                tr = _Open(int(kk[a]), int(kk[b]), int(kk[j]), float(ss[j]), pp[j].copy())
+                if b == len(ss) - 1:
+                    self._open = tr  # may continue in the next piece
+                else:
+                    self._release_pending(int(kk[a]), out)
+                    self._close(tr, out)
+            prev = int(kk[-1])
+            self._release_pending(prev, out)
+        self._last_k = prev
+        return out
+
+    def flush(self) -> list[Detection]:
+        out: list[Detection] = []
+        if self._open is not None:
+            self._close(self._open, out)
+            self._open = None
+        if self._pending is not None:
+            self._emit(self._pending, out)
+            self._pending = None
+        return out

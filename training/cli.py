@@ -1,0 +1,244 @@
+"""Training subcommands: templates build, train, evaluate, export (torch imported when run)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .augment import AugmentConfig
+from .pipeline import ARCHITECTURES, ModelConfig
+
+
+@click.group()
+def templates() -> None:
+    """HDF5 waveform templates (the seed's format)."""
+
+
+@templates.command("build")
+@click.pass_context
+def _build_placeholder(ctx: click.Context) -> None:  # replaced below when build.py is present
+    raise click.ClickException("templates build is not available")
+
+
+try:  # the builder lives in training/build.py
+    from .build import build_cmd
+
+    templates.commands.pop("build", None)
+    templates.add_command(build_cmd, "build")
+except ImportError:  # pragma: no cover - only while developing
+    pass
+
+
+@templates.command("info")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+def templates_info(path: str) -> None:
+    """Validate a templates file and print what it holds."""
+    from .templates import read_templates
+
+    t = read_templates(path)
+    click.echo(f"{path}")
+    click.echo(f"  sampling rate    {t.sampling_rate_hz} Hz")
+    click.echo(f"  components       {t.component_order}")
+    click.echo(f"  window           {t.samples} samples ({t.samples / t.sampling_rate_hz:g} s)")
+    click.echo(f"  classes          {t.counts()}")
+    click.echo(f"  dropped          {t.dropped}")
+    stations = sorted({s for s in t.station if s})
+    click.echo(f"  stations         {len(stations)}")
+    click.echo(f"  sha256           {t.sha256}")
+
+
+def _load_config_file(path: str | None) -> dict:
+    if not path:
+        return {}
+    p = Path(path)
+    text = p.read_text()
+    if p.suffix == ".json":
+        return json.loads(text)
+    import tomllib
+
+    return tomllib.loads(text)
+
+
+@click.command("train")
+@click.argument("model", type=click.Choice(ARCHITECTURES))
+@click.option(
+    "--templates",
+    "templates_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="HDF5 templates file.",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Run directory (checkpoints, history, figure).",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="TOML/JSON with TrainConfig fields ([model], [augment] tables).",
+)
+@click.option("--epochs", type=int, help="Maximum epochs [30].")
+@click.option("--batch-size", type=int, help="Windows per step [64].")
+@click.option("--lr", type=float, help="Adam learning rate [1e-3].")
+@click.option("--seed", type=int, help="Seed for split, crops, augmentation, init [0].")
+@click.option(
+    "--patience",
+    type=int,
+    help="Early stop after this many epochs without a better validation loss [8].",
+)
+@click.option("--repeats", type=int, help="Random crops per template per epoch [1].")
+@click.option("--balance/--no-balance", default=None, help="Class-weighted loss [on].")
+@click.option("--augment/--no-augment", default=None, help="Augmentation [on].")
+@click.option(
+    "--split-by",
+    type=click.Choice(["auto", "station", "window"]),
+    help="Hold out whole stations or single windows [auto].",
+)
+@click.option("--window-samples", type=int, help="Model window in samples [1000].")
+@click.option(
+    "--bandpass", nargs=2, type=float, help="In-graph FIR band-pass corners in Hz [2 25]."
+)
+@click.option("--threads", type=int, help="torch CPU threads.")
+@click.option("--resume", is_flag=True, help="Continue from RUN_DIR/last.pt.")
+def train_cmd(
+    model: str, templates_path: str, out: str, config_file: str | None, resume: bool, **opts
+) -> None:
+    """Train MODEL (convnetquake or slow-earthquake) on templates; writes RUN_DIR."""
+    from .train import TrainConfig, train
+
+    d = _load_config_file(config_file)
+    d.setdefault("model", {})["architecture"] = model
+    d["templates"], d["out"] = templates_path, out
+    cfg = TrainConfig.from_dict(d)
+    simple = (
+        "epochs",
+        "batch_size",
+        "lr",
+        "seed",
+        "patience",
+        "repeats",
+        "balance",
+        "split_by",
+        "threads",
+    )
+    for key in simple:
+        if opts.get(key) is not None:
+            setattr(cfg, key, opts[key])
+    if opts.get("augment") is not None:
+        cfg.augment.enabled = opts["augment"]
+    if opts.get("window_samples"):
+        cfg.model.window_samples = opts["window_samples"]
+    if opts.get("bandpass"):
+        cfg.model.preparation.bandpass_hz = tuple(opts["bandpass"])
+    result = train(cfg, resume=resume, progress=sys.stderr.isatty())
+    h = result["history"]
+    if h:
+        best = min(h, key=lambda r: r["val_loss"])
+        click.echo(
+            f"trained {len(h)} epochs{' (early stop)' if result['stopped_early'] else ''}; best epoch "
+            f"{best['epoch']}: val_loss {best['val_loss']:.4f}, val_recall {best['val_recall']:.3f}, "
+            f"val_fpr {best['val_fpr']:.3f}"
+        )
+    click.echo(f"run directory: {out} (best.pt, last.pt, history.json, learning_curve.png)")
+
+
+@click.command("evaluate")
+@click.argument("model", type=str)
+@click.option(
+    "--templates",
+    "templates_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Templates file (default: the run's own).",
+)
+@click.option(
+    "--split", type=click.Choice(["test", "val", "train", "all"]), default="test", show_default=True
+)
+@click.option(
+    "--run",
+    type=click.Path(exists=True, file_okay=False),
+    help="Run directory an ONNX file came from (for its split).",
+)
+@click.option("--threshold", type=float, help="Event-probability threshold (default: the model's).")
+@click.option(
+    "--json", "json_out", type=click.Path(dir_okay=False), help="Write the metrics as JSON here."
+)
+def evaluate_cmd(
+    model: str,
+    templates_path: str | None,
+    split: str,
+    run: str | None,
+    threshold: float | None,
+    json_out: str | None,
+) -> None:
+    """Precision, recall, F1, accuracy, ROC-AUC, confusion matrix, false-positive rate.
+
+    MODEL is an .onnx file, a shipped model name, a checkpoint (.pt) or a run directory.
+    """
+    from .evaluate import evaluate, save
+
+    try:
+        ev = evaluate(model, templates=templates_path, split=split, threshold=threshold, run=run)
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(ev.table())
+    if json_out:
+        save(ev, json_out)
+        click.echo(f"metrics written to {json_out}")
+
+
+@click.command("export")
+@click.argument("checkpoint", type=click.Path(exists=True))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="ONNX file to write.")
+@click.option("--name", help="Model name in the spec [the architecture].")
+@click.option(
+    "--version", "version", default="1", show_default=True, help="Model version in the spec."
+)
+@click.option(
+    "--threshold",
+    type=float,
+    help="Trigger-on threshold (default: from validation, see --max-fpr).",
+)
+@click.option(
+    "--max-fpr",
+    type=float,
+    default=0.005,
+    show_default=True,
+    help="Pick the threshold with at most this false-positive rate on validation noise.",
+)
+@click.option("--description", default="", help="What the model is for.")
+@click.option("--trained-on", default="", help="What data it was trained on, in words.")
+@click.option(
+    "--step",
+    "step_s",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Default window step in seconds.",
+)
+def export_cmd(checkpoint: str, out: str, **opts) -> None:
+    """Export CHECKPOINT (best.pt, or a run directory) to a self-contained ONNX model."""
+    from .export import export
+
+    try:
+        r = export(checkpoint, out, **opts)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from None
+    m = r.spec.metrics["test"]
+    click.echo(f"wrote {r.path} ({r.path.stat().st_size / 1024:.0f} KiB), onnx.checker passed")
+    click.echo(
+        f"  parity with PyTorch: max |diff| {r.max_abs_diff:.2e} on {r.n_parity_windows} real windows"
+    )
+    click.echo(f"  trigger on/off: {r.spec.trigger.on:.4f} / {r.spec.trigger.off:.4f}")
+    click.echo(
+        f"  test: recall {m['recall']:.3f}  precision {m['precision']:.3f}  F1 {m['f1']:.3f}  "
+        f"FPR {m['false_positive_rate']:.4f}  ROC-AUC {m['roc_auc']:.3f}"
+    )
+
+
+__all__ = ["templates", "train_cmd", "evaluate_cmd", "export_cmd", "AugmentConfig", "ModelConfig"]
