@@ -200,6 +200,27 @@ class StationTrigger:
         self._last_k = prev
         return out
 
+    def to_state(self) -> dict:
+        """What the trigger remembers, as JSON-safe data (the sink persists it)."""
+
+        def enc(t: _Open | None):
+            if t is None:
+                return None
+            return [t.k_first, t.k_last, t.k_peak, t.p_peak, [float(x) for x in t.class_p]]
+
+        return {"open": enc(self._open), "pending": enc(self._pending), "last_k": self._last_k}
+
+    def restore(self, state: dict) -> None:
+        """Continue from ``to_state()`` output."""
+
+        def dec(v):
+            if v is None:
+                return None
+            return _Open(int(v[0]), int(v[1]), int(v[2]), float(v[3]), np.asarray(v[4], dtype=np.float32))
+
+        self._open, self._pending = dec(state.get("open")), dec(state.get("pending"))
+        self._last_k = state.get("last_k")
+
     def flush(self) -> list[Detection]:
         out: list[Detection] = []
         if self._open is not None:

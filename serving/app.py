@@ -1,0 +1,62 @@
+"""The Celery application: Redis broker and backend from the environment,
+json/msgpack only (a pickled message is refused), late acks with
+reject-on-worker-lost and prefetch 1, so a worker that dies mid-chunk loses
+nothing: the chunk is redone and idempotent ids keep the result free of duplicates."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from .config import QUEUE_BATCH, QUEUE_DETECT, ServiceConfig, load_config
+
+TASK_DETECT = "quakescan.detect_chunk"
+TASK_BATCH_DAY = "quakescan.batch_station_day"
+TASK_BATCH_FINALIZE = "quakescan.batch_finalize"
+
+
+def make_app(cfg: ServiceConfig | None = None) -> Celery:
+    cfg = cfg or load_config()
+    app = Celery(
+        "quakescan", broker=cfg.broker_url, backend=cfg.backend_url, include=["serving.tasks"]
+    )
+    content = [cfg.serializer]
+    ssl = cfg.ssl_options()
+    app.conf.update(
+        task_serializer=cfg.serializer,
+        result_serializer=cfg.serializer,
+        accept_content=content,
+        result_accept_content=content,
+        event_serializer="json",
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=cfg.soft_time_limit_s,
+        task_time_limit=cfg.time_limit_s,
+        task_default_queue=QUEUE_DETECT,
+        task_routes={
+            TASK_DETECT: {"queue": QUEUE_DETECT},
+            TASK_BATCH_DAY: {"queue": QUEUE_BATCH},
+            TASK_BATCH_FINALIZE: {"queue": QUEUE_BATCH},
+        },
+        task_ignore_result=True,
+        result_expires=7 * 86400,
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=3,
+        broker_transport_options={
+            # A chunk not acked within an hour (worker gone for good) is redelivered.
+            "visibility_timeout": 3600,
+            "socket_connect_timeout": 3,
+            "socket_timeout": 10,
+        },
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_hijack_root_logger=False,
+    )
+    if cfg.broker_url.startswith("memory://"):
+        # The in-memory transport polls; keep it responsive for `quakescan serve`.
+        app.conf.broker_transport_options = {"polling_interval": 0.01}
+    if ssl:
+        app.conf.broker_use_ssl = ssl
+        app.conf.redis_backend_use_ssl = ssl
+    app.quakescan_config = cfg  # type: ignore[attr-defined]
+    return app

@@ -1,0 +1,554 @@
+"""Service subcommands: worker, feed, sink, batch, serve."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+log = logging.getLogger("quakescan")
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM / SIGINT: every loop here checks it (graceful stop)."""
+    stop = threading.Event()
+
+    def handler(signum, _frame):
+        log.warning("received %s: stopping gracefully", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+def _config(config_file: str | None, **overrides: Any):
+    from .config import ConfigError, load_config
+
+    try:
+        return load_config(config_file, overrides)
+    except (ConfigError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _metrics_option(default: int):
+    return click.option(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help=f"Port of /metrics and /healthz [{default}; 0 disables; env QUAKESCAN_METRICS_PORT].",
+    )
+
+
+def _port(cfg, flag: int | None, default: int) -> int:
+    if flag is not None:
+        return flag
+    return cfg.metrics_port if cfg.metrics_port is not None else default
+
+
+# ------------------------------------------------------------------ worker
+@click.command("worker")
+@click.option(
+    "--config", "config_file", type=click.Path(dir_okay=False), help="TOML file ([service] table)."
+)
+@click.option("--concurrency", "-c", type=int, help="Worker processes [number of cores].")
+@click.option(
+    "--queues", "-Q", default="detect,batch", show_default=True, help="Queues to consume."
+)
+@click.option(
+    "--pool",
+    type=click.Choice(["prefork", "solo", "threads"]),
+    default="prefork",
+    show_default=True,
+)
+@click.option(
+    "--model", help="Shipped model name or ONNX file [convnetquake; env QUAKESCAN_MODEL]."
+)
+@click.option("--threads", type=int, help="ONNX Runtime threads per process [1 with prefork].")
+@click.option("--hostname", "-n", default=None, help="Celery node name [quakescan@<host>].")
+@_metrics_option(9101)
+def worker_cmd(config_file, concurrency, queues, pool, model, threads, hostname, metrics_port):
+    """Run a Celery worker: chunks in, probabilities out (model loaded once per process)."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR") and pool == "prefork":
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="quakescan-metrics-")
+    mp_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if mp_dir:
+        Path(mp_dir).mkdir(parents=True, exist_ok=True)
+        for f in Path(mp_dir).glob("*.db"):
+            f.unlink()
+    n = concurrency or os.cpu_count() or 1
+    if threads is None and pool == "prefork":
+        threads = max(1, (os.cpu_count() or 1) // n)
+    cfg = _config(config_file, model=model, threads=threads, concurrency=n)
+    from celery.signals import worker_process_shutdown
+
+    from .app import make_app
+    from .httpd import serve_http
+    from .metrics import default_metrics
+
+    app = make_app(cfg)
+    import serving.tasks  # noqa: F401  (registers the tasks on the app)
+
+    @worker_process_shutdown.connect
+    def _dead(pid=None, **_kw):
+        if mp_dir:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(pid or os.getpid())
+
+    default_metrics()
+    port = _port(cfg, metrics_port, 9101)
+    if port:
+
+        def health() -> dict:
+            from .bus import redis_client
+
+            ok = (
+                bool(redis_client(cfg, cfg.broker_url).ping())
+                if cfg.broker_url.startswith("redis")
+                else True
+            )
+            return {"ok": ok, "component": "worker", "queues": queues, "model": cfg.model}
+
+        serve_http(port, health)
+    log.info("worker config: %s", cfg.redacted())
+    argv = [
+        "worker",
+        "-Q",
+        queues,
+        "-c",
+        str(n),
+        "-P",
+        pool,
+        "--without-gossip",
+        "--without-mingle",
+        "--loglevel",
+        os.environ.get("QUAKESCAN_LOG_LEVEL", "INFO"),
+    ]
+    if hostname:
+        argv += ["-n", hostname]
+    app.worker_main(argv=argv)
+
+
+# -------------------------------------------------------------------- feed
+def build_feeds(cfg, base_dir: Path | None = None) -> list:
+    """Feeds from the TOML [[feeds]] tables."""
+    from obspy import UTCDateTime
+
+    from .feeds.files import FolderFeed, ReplayFeed, SDSFollowFeed
+
+    feeds = []
+    for f in cfg.feeds:
+        o = dict(f.options)
+        try:
+            if f.type == "replay":
+                feeds.append(
+                    ReplayFeed(
+                        o.pop("paths"),
+                        speed=float(o.pop("speed", 0.0)),
+                        packet_s=float(o.pop("packet_s", 1.0)),
+                        shift_to_now=bool(o.pop("shift_to_now", False)),
+                        loop=bool(o.pop("loop", False)),
+                    )
+                )
+            elif f.type == "folder":
+                feeds.append(
+                    FolderFeed(
+                        o.pop("path"),
+                        pattern=o.pop("pattern", "*"),
+                        poll_s=float(o.pop("poll_s", 1.0)),
+                    )
+                )
+            elif f.type == "sds":
+                start = o.pop("start", None)
+                feeds.append(
+                    SDSFollowFeed(
+                        o.pop("root"),
+                        list(o.pop("stations")),
+                        poll_s=float(o.pop("poll_s", 2.0)),
+                        state_file=o.pop("state_file", None)
+                        or Path(cfg.spool_dir) / "sds_state.json",
+                        start=UTCDateTime(start) if start else None,
+                    )
+                )
+            elif f.type == "seedlink":
+                from .feeds.seedlink import SeedLinkFeed
+
+                feeds.append(
+                    SeedLinkFeed(
+                        o.pop("server"),
+                        list(o.pop("streams")),
+                        state_file=o.pop("state_file", None)
+                        or Path(cfg.spool_dir) / "seedlink_state.json",
+                    )
+                )
+        except KeyError as exc:
+            raise click.ClickException(f"[[feeds]] type {f.type!r} needs {exc.args[0]!r}") from None
+        except (ValueError, FileNotFoundError) as exc:
+            raise click.ClickException(f"[[feeds]] type {f.type!r}: {exc}") from None
+        if o:
+            raise click.ClickException(
+                f"[[feeds]] type {f.type!r}: unknown option(s) {', '.join(sorted(o))}"
+            )
+    return feeds
+
+
+def celery_sender(app):
+    """send(msg) to the detect queue; broker trouble raises SendError (the feeder spools)."""
+    from kombu.exceptions import OperationalError
+
+    from .app import TASK_DETECT
+    from .feeder import SendError
+
+    def send(msg: dict) -> None:
+        try:
+            app.send_task(TASK_DETECT, args=[msg], queue="detect", retry=False)
+        except (OperationalError, ConnectionError, OSError) as exc:
+            raise SendError(str(exc)) from None
+        except Exception as exc:  # redis-py errors surface through kombu in several forms
+            if "connect" in str(exc).lower() or "redis" in type(exc).__module__:
+                raise SendError(str(exc)) from None
+            raise
+
+    return send
+
+
+def redis_progress(client, every_s: float = 0.5):
+    """The sink's last processed chunk per station (read from Redis, cached briefly)."""
+    from .sink import PROGRESS_KEY
+
+    cache: dict[str, Any] = {"t": 0.0, "v": {}}
+
+    def progress() -> dict[str, int]:
+        if time.time() - cache["t"] > every_s:
+            try:
+                cache["v"] = {k.decode(): int(v) for k, v in client.hgetall(PROGRESS_KEY).items()}
+            except Exception:  # Redis down: keep the last known progress
+                pass
+            cache["t"] = time.time()
+        return cache["v"]
+
+    return progress
+
+
+def _model_geometry(cfg) -> tuple[float, float]:
+    from detector.model import OnnxModel
+
+    spec = OnnxModel(cfg.model, device="cpu", threads=1).spec
+    return (cfg.step_s or spec.step_s, spec.window_s)
+
+
+@click.command("feed")
+@click.option(
+    "--config",
+    "config_file",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Stations and feeds (TOML).",
+)
+@click.option(
+    "--until-done",
+    is_flag=True,
+    help="Exit when finite feeds (replay) have ended and all chunks are sent.",
+)
+@_metrics_option(9102)
+def feed_cmd(config_file, until_done, metrics_port):
+    """Stream station feeds to the workers' detect queue (spooling while the broker is down)."""
+    cfg = _config(config_file)
+    from .app import make_app
+    from .bus import redis_client
+    from .feeder import Feeder
+    from .httpd import serve_http
+    from .metrics import default_metrics
+
+    feeds = build_feeds(cfg)
+    if not feeds:
+        raise click.ClickException(f"{config_file}: no [[feeds]] configured")
+    app = make_app(cfg)
+    step_s, window_s = _model_geometry(cfg)
+    metrics = default_metrics()
+    try:
+        feeder = Feeder(
+            feeds,
+            celery_sender(app),
+            step_s=step_s,
+            window_s=window_s,
+            chunk_s=cfg.chunk_s,
+            metrics=metrics,
+            spool_dir=cfg.spool_dir,
+            max_in_flight=cfg.max_in_flight,
+            progress=redis_progress(redis_client(cfg)),
+        )
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    stop = _stop_on_signals()
+    port = _port(cfg, metrics_port, 9102)
+    if port:
+        serve_http(
+            port,
+            lambda: {
+                "ok": True,
+                "component": "feed",
+                "spooled": len(feeder.spool),
+                "stations": len(feeder.buffers),
+            },
+        )
+    log.info("feeding %d feeds; config %s", len(feeds), cfg.redacted())
+    feeder.run(stop, until_feeds_end=until_done)
+    click.echo(f"feeder stopped: {feeder.chunks_sent} chunks sent, {len(feeder.spool)} spooled")
+
+
+# -------------------------------------------------------------------- sink
+@click.command("sink")
+@click.option(
+    "--config", "config_file", type=click.Path(dir_okay=False), help="TOML file ([service] table)."
+)
+@click.option(
+    "--out-dir",
+    type=click.Path(file_okay=False),
+    help="Catalog directory [catalogs; env QUAKESCAN_OUT_DIR].",
+)
+@click.option(
+    "--consumer",
+    default="sink-1",
+    show_default=True,
+    help="Consumer name (stable across restarts).",
+)
+@_metrics_option(9103)
+def sink_cmd(config_file, out_dir, consumer, metrics_port):
+    """Trigger on the workers' probabilities; publish detections and write daily catalogs."""
+    cfg = _config(config_file, out_dir=out_dir)
+    from .bus import RedisStream, redis_client
+    from .config import PROB_STREAM
+    from .httpd import serve_http
+    from .metrics import default_metrics
+    from .sink import CatalogFiles, RedisDetections, RedisState, Sink
+
+    client = redis_client(cfg)
+    metrics = default_metrics()
+    sink = Sink(
+        cfg,
+        RedisStream(client, PROB_STREAM),
+        RedisDetections(client),
+        RedisState(client),
+        CatalogFiles(cfg.out_dir, cfg.formats),
+        metrics,
+        consumer=consumer,
+    )
+    stop = _stop_on_signals()
+    port = _port(cfg, metrics_port, 9103)
+    if port:
+        serve_http(
+            port,
+            lambda: {
+                "ok": bool(client.ping()),
+                "component": "sink",
+                "stations": len(sink.stations),
+                "detections": sink.detections_published,
+            },
+        )
+    log.info("sink writing catalogs to %s", cfg.out_dir)
+    sink.run(stop)
+
+
+# ------------------------------------------------------------------- batch
+@click.group("batch")
+def batch_group():
+    """Batch catalog jobs over archives (needs Redis and running workers)."""
+
+
+def _utc(_ctx, _param, value):
+    from obspy import UTCDateTime
+
+    if value is None:
+        return None
+    try:
+        return UTCDateTime(value)
+    except Exception:
+        raise click.BadParameter(f"{value!r} is not a time") from None
+
+
+@batch_group.command("submit")
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.option("--sds", "sds_root", type=click.Path(file_okay=False), help="SDS archive root.")
+@click.option("--stations", help="Comma-separated NET.STA[.LOC[.CHA]] for --sds.")
+@click.option("--start", callback=_utc, help="Start time for --sds.")
+@click.option("--end", callback=_utc, help="End time for --sds.")
+@click.option("--model", help="Model the workers must use [theirs].")
+@click.option("--wait", is_flag=True, help="Follow the job with a progress bar until it is done.")
+@click.option("--out", type=click.Path(dir_okay=False), help="With --wait: write the catalog here.")
+def batch_submit(paths, sds_root, stations, start, end, model, wait, out):
+    """Split files or an SDS archive into station-day tasks and submit them."""
+    cfg = _config(None)
+    from .app import make_app
+    from .batch import JobSpec, plan_files, plan_sds, submit
+    from .bus import redis_client
+
+    if bool(paths) == bool(sds_root):
+        raise click.UsageError("give waveform PATHs or --sds (with --stations, --start, --end)")
+    try:
+        if sds_root:
+            if not (stations and start and end):
+                raise click.UsageError("--sds needs --stations, --start and --end")
+            items = plan_sds(sds_root, [s for s in stations.split(",") if s.strip()], start, end)
+        else:
+            items = plan_files(list(paths))
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    app = make_app(cfg)
+    client = redis_client(cfg)
+    job = submit(app, client, JobSpec(items, model or cfg.model, cfg.step_s, cfg.threshold))
+    click.echo(f"job {job}: {len(items)} station-days submitted")
+    click.echo(
+        f"  follow: quakescan batch status {job}\n  fetch:  quakescan batch fetch {job} --out catalog.xml"
+    )
+    if wait:
+        _follow(client, job)
+        if out:
+            _fetch(client, job, out, None)
+
+
+def _follow(client, job: str, poll_s: float = 0.5) -> dict:
+    from tqdm import tqdm
+
+    from .batch import job_status
+
+    st = job_status(client, job)
+    with tqdm(
+        total=st["total"], desc=f"job {job}", unit="station-day", disable=not sys.stderr.isatty()
+    ) as bar:
+        while True:
+            st = job_status(client, job)
+            bar.n = st["done"] + st["failed"]
+            bar.set_postfix(failed=st["failed"])
+            bar.refresh()
+            if st["state"] == "done":
+                break
+            time.sleep(poll_s)
+    click.echo(f"job {job} done: {st['detections']} detections, {st['failed']} failed station-days")
+    return st
+
+
+def _fetch(client, job: str, out: str, fmt: str | None) -> None:
+    from detector.catalog import write_catalog
+
+    from .batch import job_detections
+
+    try:
+        dets = job_detections(client, job)
+        write_catalog(dets, out, fmt)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{len(dets)} detections written to {out}")
+
+
+@batch_group.command("status")
+@click.argument("job")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--follow", is_flag=True, help="Show a progress bar until the job is done.")
+def batch_status(job, as_json, follow):
+    """Progress of a batch job."""
+    import json
+
+    from .batch import job_status
+    from .bus import redis_client
+
+    client = redis_client(_config(None))
+    if follow:
+        _follow(client, job)
+    try:
+        st = job_status(client, job)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(st, indent=2))
+        return
+    click.echo(
+        f"job {job}: {st['state']}  {st['done'] + st['failed']}/{st['total']} station-days "
+        f"({st['failed']} failed), {st['windows']:,} windows"
+    )
+    if st["detections"] is not None:
+        click.echo(f"  detections: {st['detections']}")
+    for f in st["failures"]:
+        click.echo(f"  failed {f['item']} {f['day']}: {f['reason']}: {f['error']}")
+
+
+@batch_group.command("fetch")
+@click.argument("job")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Catalog file (.xml, .csv, .jsonl).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["quakeml", "csv", "jsonl"]),
+    help="[from --out's extension]",
+)
+def batch_fetch(job, out, fmt):
+    """Write a finished job's merged catalog."""
+    from .bus import redis_client
+
+    _fetch(redis_client(_config(None)), job, out, fmt)
+
+
+# ------------------------------------------------------------------- serve
+@click.command("serve")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="Stations and feeds (TOML) [replay the shipped sample].",
+)
+@click.option("--out-dir", type=click.Path(file_okay=False), help="Catalog directory [catalogs].")
+@click.option(
+    "--until-done/--forever",
+    default=None,
+    help="Exit when finite feeds have ended [default without --config].",
+)
+@_metrics_option(9100)
+def serve_cmd(config_file, out_dir, until_done, metrics_port):
+    """Feeder, worker and sink in one process on Celery's in-memory transport (no Redis)."""
+    from .service import InProcessService
+
+    cfg = _config(
+        config_file, out_dir=out_dir, broker_url="memory://", result_backend="cache+memory://"
+    )
+    if not cfg.feeds:
+        from detector.sources import sample_paths
+
+        from .config import FeedConfig
+
+        cfg.feeds = [
+            FeedConfig("replay", {"paths": [str(p) for p in sample_paths()], "speed": 0.0})
+        ]
+        cfg.spool_dir = tempfile.mkdtemp(prefix="quakescan-serve-")  # a replay keeps no state
+        click.echo(
+            f"no --config: replaying the shipped sample ({len(cfg.feeds[0].options['paths'])} files)",
+            err=True,
+        )
+        if until_done is None:
+            until_done = True
+    if until_done is None:
+        until_done = False
+    feeds = build_feeds(cfg)
+    stop = _stop_on_signals()
+    svc = InProcessService(cfg, feeds, metrics_port=_port(cfg, metrics_port, 9100))
+    t0 = time.time()
+    dets = svc.run(stop, until_done=until_done)
+    click.echo(svc.summary(time.time() - t0))
+    for d in dets:
+        click.echo(
+            f"{d.peak_time}  {d.station}.{d.channel_prefix}  {d.label:<10} p={d.peak_probability:.3f}  id={d.id}"
+        )
+    click.echo(f"catalogs in {cfg.out_dir}/")

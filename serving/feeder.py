@@ -1,0 +1,437 @@
+"""The feeder: station feeds in, chunks on the time grid out to the ``detect`` queue.
+
+Per station, incoming traces are buffered and cut into chunks responsible for
+``chunk_s / step_s`` grid windows each, carrying window - step of overlap.
+Chunks are numbered per station (``seq``) so the sink can put them back in
+order. In-flight work per station is bounded (chunks sent and not yet
+triggered by the sink). When the broker cannot be reached, chunks are spooled
+to local disk and sent, oldest first, when it returns: nothing is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from obspy import Stream, Trace, UTCDateTime
+
+from detector.prepare import COMPONENT_MAP
+
+from .chunks import Chunk, chunk_windows, data_span, stream_to_mseed
+from .feeds import Feed
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class SendError(RuntimeError):
+    """The broker could not take a chunk (it is then spooled)."""
+
+
+# ----------------------------------------------------------------- buffers
+@dataclass
+class StationBuffer:
+    """Buffered data of one station (NET.STA.LOC + channel prefix) and its chunk counter."""
+
+    station: str
+    channel_prefix: str
+    step_s: float
+    window_s: float
+    windows_per_chunk: int
+    next_k: int | None = None  # first window not yet sent
+    seq: int = 0  # sequence number of the next chunk
+    traces: dict[str, list[Trace]] = field(default_factory=lambda: defaultdict(list))
+    ends: dict[str, float] = field(default_factory=dict)  # newest sample time per channel
+    last_sample_time: float = 0.0
+    max_component_lag_s: float = 30.0
+
+    def add(self, tr: Trace) -> float | None:
+        """Buffer a trace; returns the gap in seconds before it, if there was one."""
+        ch = tr.stats.channel
+        end = tr.stats.endtime.timestamp
+        start = tr.stats.starttime.timestamp
+        gap = None
+        prev = self.ends.get(ch)
+        dt = tr.stats.delta
+        if prev is not None and start - prev > 1.5 * dt:
+            gap = start - prev - dt
+        if prev is not None and end <= prev:
+            return None  # data already buffered (a feed re-delivering): ignore
+        self.traces[ch].append(tr)
+        self.ends[ch] = max(end, prev or end)
+        self.last_sample_time = max(self.last_sample_time, end)
+        if self.next_k is None:
+            step_ns = round(self.step_s * 1e9)
+            self.next_k = -(-tr.stats.starttime.ns // step_ns)
+        return gap
+
+    def _data_end(self) -> float | None:
+        """Newest time up to which every component has data (lagging ones are waited for a while)."""
+        if not self.ends:
+            return None
+        newest = max(self.ends.values())
+        waiting = [e for e in self.ends.values() if newest - e <= self.max_component_lag_s]
+        return min(waiting)
+
+    def cut(self, final: bool = False) -> list[tuple[Chunk, Stream]]:
+        """Chunks whose data is complete; with ``final`` also the last, partial one."""
+        out: list[tuple[Chunk, Stream]] = []
+        data_end = self._data_end()
+        if self.next_k is None or data_end is None:
+            return out
+        dt = 1.0 / self._rate()
+        step_ns = round(self.step_s * 1e9)
+        while True:
+            earliest = self._earliest()
+            if earliest is None:
+                break
+            # No window can start before the data does (a feed that resumed after a long gap).
+            k_data = -(-round((earliest - dt / 2) * 1e9) // step_ns)
+            self.next_k = max(self.next_k, k_data)
+            k0 = self.next_k
+            k1 = chunk_windows(k0, self.windows_per_chunk)
+            t0, t1 = data_span(k0, k1, self.step_s, self.window_s)
+            complete = data_end >= t1.timestamp - dt * 1.0001
+            if not complete:
+                if not final:
+                    break
+                # The end of the data: the windows that still fit; the sink flushes after it.
+                k1 = max(k0, int(np.floor((data_end + dt - self.window_s) / self.step_s + 1e-6)))
+                t0, t1 = data_span(k0, k1, self.step_s, self.window_s)
+            st = self._slice(t0, t1 - dt / 2)
+            if len(st):
+                chunk = Chunk(
+                    station=self.station,
+                    channel_prefix=self.channel_prefix,
+                    seq=self.seq,
+                    k_first=k0,
+                    k_last=k1,
+                    step_s=self.step_s,
+                    mseed=b"",
+                    last_sample_time=min(data_end, max(tr.stats.endtime.timestamp for tr in st)),
+                )
+                out.append((chunk, st))
+                self.seq += 1
+            self.next_k = k1 + 1
+            self._trim(UTCDateTime(ns=self.next_k * step_ns) - dt / 2)
+            if not complete:
+                break
+        return out
+
+    def _rate(self) -> float:
+        for lst in self.traces.values():
+            if lst:
+                return lst[-1].stats.sampling_rate
+        return 100.0
+
+    def _earliest(self) -> float | None:
+        starts = [tr.stats.starttime.timestamp for lst in self.traces.values() for tr in lst]
+        return min(starts) if starts else None
+
+    def _slice(self, t0: UTCDateTime, t1: UTCDateTime) -> Stream:
+        st = Stream()
+        for lst in self.traces.values():
+            for tr in lst:
+                if tr.stats.endtime < t0 or tr.stats.starttime > t1:
+                    continue
+                st += tr.slice(t0, t1, nearest_sample=False)
+        if len(st) > 1:
+            st.merge(method=1, fill_value=None)
+            st = st.split()
+        return Stream([tr for tr in st if tr.stats.npts > 0])
+
+    def _trim(self, keep_from: UTCDateTime) -> None:
+        for ch, lst in self.traces.items():
+            kept = []
+            for tr in lst:
+                if tr.stats.endtime < keep_from:
+                    continue
+                if tr.stats.starttime < keep_from:
+                    tr = tr.slice(keep_from, None, nearest_sample=False)
+                if tr.stats.npts:
+                    kept.append(tr)
+            self.traces[ch] = kept
+
+    def buffered_stream(self) -> Stream:
+        return Stream([tr for lst in self.traces.values() for tr in lst])
+
+
+# ------------------------------------------------------------------- spool
+class Spool:
+    """Chunk messages kept on local disk until the broker takes them (oldest first)."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._n = len(self.files())
+
+    def files(self) -> list[Path]:
+        return sorted(self.dir.glob("*.json"))
+
+    def put(self, msg: dict[str, Any]) -> Path:
+        name = (
+            f"{time.time_ns():020d}-{msg['station']}-{msg['channel_prefix']}-{msg['seq']:012d}.json"
+        )
+        tmp = self.dir / (name + ".tmp")
+        tmp.write_text(json.dumps(msg))
+        os.replace(tmp, self.dir / name)
+        self._n += 1
+        return self.dir / name
+
+    def __len__(self) -> int:
+        return self._n
+
+    def drain(self, send: Callable[[dict[str, Any]], None], limit: int = 1000) -> int:
+        """Send spooled chunks in order; stops at the first failure. Returns how many went."""
+        sent = 0
+        for p in self.files()[:limit]:
+            msg = json.loads(p.read_text())
+            send(msg)  # raises SendError: keep the file
+            p.unlink()
+            self._n -= 1
+            sent += 1
+        return sent
+
+
+# ------------------------------------------------------------------ feeder
+class Feeder:
+    """Feeds -> station buffers -> chunks -> ``send`` (or the spool)."""
+
+    def __init__(
+        self,
+        feeds: list[Feed],
+        send: Callable[[dict[str, Any]], None],
+        *,
+        step_s: float,
+        window_s: float,
+        chunk_s: float,
+        metrics: Metrics,
+        spool_dir: str | Path,
+        max_in_flight: int = 4,
+        progress: Callable[[], dict[str, int]] | None = None,
+        state_file: str | Path | None = None,
+    ) -> None:
+        n = round(chunk_s / step_s)
+        if n < 1 or abs(n * step_s - chunk_s) > 1e-6:
+            raise ValueError(f"chunk_s ({chunk_s}) must be a whole number of steps ({step_s} s)")
+        self.feeds, self.send_fn, self.metrics = feeds, send, metrics
+        self.step_s, self.window_s, self.windows_per_chunk = step_s, window_s, n
+        self.spool = Spool(spool_dir)
+        self.max_in_flight = max_in_flight
+        self.progress = progress
+        self.state_file = Path(state_file) if state_file else Path(spool_dir) / "feeder_state.json"
+        self.buffers: dict[tuple[str, str], StationBuffer] = {}
+        self.held: dict[tuple[str, str], list[dict]] = defaultdict(list)  # over the in-flight bound
+        self.inbox: queue.Queue[Trace | None] = queue.Queue(maxsize=100_000)
+        self.chunks_sent = 0
+        self._feeds_done = 0
+        self._load_state()
+        metrics.chunks_spooled.set(len(self.spool))
+
+    # --------------------------------------------------------------- state
+    def _load_state(self) -> None:
+        if not self.state_file.exists():
+            return
+        try:
+            d = json.loads(self.state_file.read_text())
+        except ValueError:
+            log.error("feeder state %s is unreadable; starting fresh", self.state_file)
+            return
+        for key, v in d.get("stations", {}).items():
+            station, prefix = key.split("|", 1)
+            b = self._buffer(station, prefix)
+            b.next_k, b.seq = v["next_k"], v["seq"]
+        log.info("feeder resumed %d stations from %s", len(d.get("stations", {})), self.state_file)
+
+    def save_state(self) -> None:
+        d = {
+            "stations": {
+                f"{b.station}|{b.channel_prefix}": {"next_k": b.next_k, "seq": b.seq}
+                for b in self.buffers.values()
+                if b.next_k is not None
+            }
+        }
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(d))
+        os.replace(tmp, self.state_file)
+
+    def _buffer(self, station: str, prefix: str) -> StationBuffer:
+        key = (station, prefix)
+        b = self.buffers.get(key)
+        if b is None:
+            b = self.buffers[key] = StationBuffer(
+                station, prefix, self.step_s, self.window_s, self.windows_per_chunk
+            )
+        return b
+
+    # -------------------------------------------------------------- input
+    def emit(self, tr: Trace) -> None:
+        """Called by feeds (any thread)."""
+        self.inbox.put(tr)
+
+    def add(self, tr: Trace) -> StationBuffer | None:
+        s = tr.stats
+        if len(s.channel) < 3 or COMPONENT_MAP.get(s.channel[-1]) is None or tr.stats.npts == 0:
+            return None
+        station = f"{s.network}.{s.station}.{s.location}"
+        b = self._buffer(station, s.channel[:2])
+        before = b.next_k
+        if before is not None:
+            # Data older than what was already cut (a replayed or re-delivered piece).
+            step_ns = round(self.step_s * 1e9)
+            if tr.stats.endtime.ns < before * step_ns:
+                return None
+        gap = b.add(tr)
+        m = self.metrics
+        m.feed_samples_total.labels(station).inc(tr.stats.npts)
+        m.last_sample_timestamp_seconds.labels(station).set(b.last_sample_time)
+        m.feed_lag_seconds.labels(station).set(max(0.0, time.time() - b.last_sample_time))
+        if gap is not None and gap > 0:
+            m.feed_gaps_total.labels(station).inc()
+            m.feed_gap_seconds_total.labels(station).inc(gap)
+            log.warning("%s.%s: %.2f s gap in the feed", station, s.channel, gap)
+        return b
+
+    # ------------------------------------------------------------- output
+    def _dispatch(self, msg: dict[str, Any]) -> None:
+        if len(self.spool):
+            self.spool.put(msg)  # keep order: older spooled chunks go first
+            self.metrics.chunks_spooled.set(len(self.spool))
+            return
+        try:
+            self.send_fn(msg)
+            self.chunks_sent += 1
+            self.metrics.chunks_sent_total.labels(msg["station"]).inc()
+        except SendError as exc:
+            log.warning("broker unreachable (%s); spooling chunks to %s", exc, self.spool.dir)
+            self.spool.put(msg)
+            self.metrics.chunks_spooled.set(len(self.spool))
+
+    def flush_spool(self) -> int:
+        if not len(self.spool):
+            return 0
+
+        def send(msg):
+            self.send_fn(msg)
+            self.chunks_sent += 1
+            self.metrics.chunks_sent_total.labels(msg["station"]).inc()
+
+        try:
+            n = self.spool.drain(send)
+        except SendError:
+            n = 0
+        self.metrics.chunks_spooled.set(len(self.spool))
+        if n:
+            log.info("sent %d spooled chunks; %d left", n, len(self.spool))
+        return n
+
+    def cut_and_send(self, b: StationBuffer, final: bool = False) -> int:
+        n = 0
+        for chunk, st in b.cut(final=final):
+            chunk.mseed = stream_to_mseed(st)
+            chunk.sent_at = time.time()
+            msg = chunk.to_message()
+            msg["final"] = False
+            self.held[(b.station, b.channel_prefix)].append(msg)
+            n += 1
+        if final and self.held[(b.station, b.channel_prefix)]:
+            self.held[(b.station, b.channel_prefix)][-1]["final"] = True
+        self._release(b)
+        return n
+
+    def _release(self, b: StationBuffer) -> None:
+        held = self.held[(b.station, b.channel_prefix)]
+        while held:
+            in_flight = self._in_flight_sent(b)
+            if in_flight >= self.max_in_flight and not held[0].get("final"):
+                break
+            self._dispatch(held.pop(0))
+        self.metrics.chunks_in_flight.labels(b.station).set(max(0, self._in_flight_sent(b)))
+
+    def _in_flight_sent(self, b: StationBuffer) -> int:
+        sent_seq = b.seq - len(
+            self.held[(b.station, b.channel_prefix)]
+        )  # next seq not yet dispatched
+        if self.progress is None:
+            return 0
+        done = self.progress().get(f"{b.station}|{b.channel_prefix}")
+        return sent_seq - 1 - (done if done is not None else -1)
+
+    # --------------------------------------------------------------- loop
+    def run(self, stop: threading.Event, until_feeds_end: bool = False) -> None:
+        threads = []
+        for f in self.feeds:
+            t = threading.Thread(
+                target=self._run_feed, args=(f, stop), name=f"feed-{f.name}", daemon=True
+            )
+            t.start()
+            threads.append(t)
+        last_housekeeping = 0.0
+        try:
+            while not stop.is_set():
+                touched = set()
+                try:
+                    item = self.inbox.get(timeout=0.2)
+                    while True:
+                        if item is None:
+                            self._feeds_done += 1
+                        else:
+                            b = self.add(item)
+                            if b is not None:
+                                touched.add((b.station, b.channel_prefix))
+                        item = self.inbox.get_nowait()
+                except queue.Empty:
+                    pass
+                for key in touched:
+                    self.cut_and_send(self.buffers[key])
+                for key, held in self.held.items():
+                    if held and key not in touched:
+                        self._release(self.buffers[key])
+                now = time.time()
+                if now - last_housekeeping > 1.0:
+                    self.flush_spool()
+                    for b in self.buffers.values():
+                        if b.last_sample_time:
+                            self.metrics.feed_lag_seconds.labels(b.station).set(
+                                max(0.0, now - b.last_sample_time)
+                            )
+                    self.save_state()
+                    last_housekeeping = now
+                if until_feeds_end and self._feeds_done >= len(self.feeds) and self.inbox.empty():
+                    break
+            if until_feeds_end and not stop.is_set():
+                self.finish()
+        finally:
+            self.save_state()
+
+    def finish(self, timeout_s: float = 600.0) -> None:
+        """The feeds have ended: send the last partial chunks (flagged final) and the spool."""
+        for b in self.buffers.values():
+            self.cut_and_send(b, final=True)
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            self.flush_spool()
+            for b in self.buffers.values():
+                self._release(b)
+            if not len(self.spool) and not any(self.held.values()):
+                break
+            time.sleep(0.2)
+        self.save_state()
+
+    def _run_feed(self, feed: Feed, stop: threading.Event) -> None:
+        try:
+            feed.run(self.emit, stop)
+        except Exception:
+            log.exception("feed %s stopped with an error", feed.name)
+        finally:
+            self.inbox.put(None)

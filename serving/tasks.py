@@ -1,0 +1,170 @@
+"""Celery tasks, kept thin: decode the message, call plain functions, record
+metrics, own retries and time limits. The model is loaded once per worker process."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_process_init
+
+from detector.core import Detector
+
+from .app import TASK_BATCH_DAY, TASK_BATCH_FINALIZE, TASK_DETECT
+from .bus import RedisStream, redis_client
+from .chunks import BadChunk, Chunk, chunk_probabilities, failure_message
+from .config import DEADLETTER, PROB_STREAM, ServiceConfig
+from .metrics import Metrics, default_metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerState:
+    """What one worker process holds: the model session, its outputs and metrics."""
+
+    cfg: ServiceConfig
+    detector: Detector
+    bus: Any  # RedisStream or MemoryStream
+    deadletter: Any  # callable(entry: dict)
+    metrics: Metrics
+    name: str
+
+
+_STATE: WorkerState | None = None
+_LOCK = threading.Lock()
+
+
+def build_state(
+    app, cfg: ServiceConfig | None = None, metrics: Metrics | None = None
+) -> WorkerState:
+    cfg = cfg or app.quakescan_config
+    det = Detector(cfg.model, step_s=cfg.step_s, device=cfg.device, threads=cfg.threads)
+    metrics = metrics or default_metrics()
+    bus = getattr(app, "quakescan_bus", None)
+    dead = getattr(app, "quakescan_deadletter", None)
+    if bus is None or dead is None:
+        client = redis_client(cfg)
+        bus = bus or RedisStream(client, PROB_STREAM)
+
+        def push(entry: dict, client: redis.Redis = client) -> None:
+            client.lpush(DEADLETTER, json.dumps(entry))
+
+        dead = dead or push
+    spec = det.spec
+    metrics.model_info.labels(spec.name, spec.version, det.provider).set(1)
+    name = f"{socket.gethostname()}:{os.getpid()}"
+    log.info("worker %s serves %s %s on %s", name, spec.name, spec.version, det.provider)
+    return WorkerState(cfg, det, bus, dead, metrics, name)
+
+
+def get_state(app) -> WorkerState:
+    global _STATE
+    with _LOCK:
+        if _STATE is None:
+            _STATE = getattr(app, "quakescan_worker_state", None) or build_state(app)
+        return _STATE
+
+
+@worker_process_init.connect
+def _load_model_in_child(**_kw) -> None:
+    """Prefork children load the model once, before their first chunk."""
+    global _STATE
+    from celery import current_app
+
+    _STATE = None
+    if getattr(current_app, "quakescan_config", None) is not None:
+        try:
+            get_state(current_app)
+        except Exception:  # reported again, with the chunk, by the first task
+            log.exception("model could not be loaded at worker start")
+
+
+def _fail(state: WorkerState, msg: Any, reason: str, error: str) -> dict[str, Any]:
+    m = state.metrics
+    station = msg.get("station", "") if isinstance(msg, dict) else ""
+    m.task_failures_total.labels(reason).inc()
+    m.chunks_total.labels(station or "unknown", "failed").inc()
+    m.deadletter_total.labels(reason).inc()
+    entry = {
+        "reason": reason,
+        "error": error,
+        "time": time.time(),
+        "worker": state.name,
+        "message": msg if isinstance(msg, dict) else repr(msg)[:2000],
+    }
+    log.error("chunk failed (%s): %s", reason, error)
+    state.deadletter(entry)
+    if isinstance(msg, dict) and isinstance(msg.get("seq"), int):
+        # Tell the sink this chunk is done (failed), so it does not wait for it.
+        state.bus.publish(failure_message(msg, reason, error, state.name))
+    return {"status": "failed", "reason": reason}
+
+
+def handle_chunk(state: WorkerState, msg: Any) -> dict[str, Any]:
+    """A chunk message in, its probabilities published; a bad chunk is dead-lettered."""
+    try:
+        chunk = Chunk.from_message(msg)
+        result = chunk_probabilities(state.detector, chunk)
+    except BadChunk as exc:
+        return _fail(state, msg, exc.reason, str(exc))
+    m = state.metrics
+    spec = state.detector.spec
+    if result.batches:
+        m.inference_seconds.labels(spec.name, state.detector.provider).observe(
+            result.inference_s / len(result.batches)
+        )
+        for b in result.batches:
+            m.inference_batch_size.labels(spec.name).observe(b)
+    m.windows_total.labels(chunk.station, spec.name).inc(len(result.k))
+    m.chunks_total.labels(chunk.station, "ok").inc()
+    state.bus.publish(result.to_message(state.name))
+    return {"status": "ok", "windows": int(len(result.k)), "chunk_id": chunk.id}
+
+
+@shared_task(
+    bind=True,
+    name=TASK_DETECT,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+    autoretry_for=(redis.ConnectionError, redis.TimeoutError),
+    retry_backoff=True,
+    retry_backoff_max=60,
+    max_retries=20,
+)
+def detect_chunk(self, msg: dict[str, Any]) -> dict[str, Any]:
+    state = get_state(self.app)
+    try:
+        return handle_chunk(state, msg)
+    except SoftTimeLimitExceeded:
+        return _fail(
+            state, msg, "time_limit", f"chunk took longer than {state.cfg.soft_time_limit_s} s"
+        )
+
+
+@shared_task(
+    bind=True, name=TASK_BATCH_DAY, acks_late=True, reject_on_worker_lost=True, ignore_result=True
+)
+def batch_station_day(self, job_id: str, item: dict[str, Any]) -> dict[str, Any]:
+    from .batch import run_station_day
+
+    state = get_state(self.app)
+    return run_station_day(state, job_id, item, task=self)
+
+
+@shared_task(bind=True, name=TASK_BATCH_FINALIZE, acks_late=True, ignore_result=True)
+def batch_finalize(self, job_id: str) -> dict[str, Any]:
+    from .batch import finalize_job
+
+    state = get_state(self.app)
+    return finalize_job(state, job_id)
