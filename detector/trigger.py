@@ -216,7 +216,9 @@ class StationTrigger:
         def dec(v):
             if v is None:
                 return None
-            return _Open(int(v[0]), int(v[1]), int(v[2]), float(v[3]), np.asarray(v[4], dtype=np.float32))
+            return _Open(
+                int(v[0]), int(v[1]), int(v[2]), float(v[3]), np.asarray(v[4], dtype=np.float32)
+            )
 
         self._open, self._pending = dec(state.get("open")), dec(state.get("pending"))
         self._last_k = state.get("last_k")

@@ -44,8 +44,9 @@ def make_app(cfg: ServiceConfig | None = None) -> Celery:
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=3,
         broker_transport_options={
-            # A chunk not acked within an hour (worker gone for good) is redelivered.
-            "visibility_timeout": 3600,
+            # A chunk not acked in 5 minutes (its worker host gone for good) is
+            # redelivered; above the hard time limit, below the sink's reorder wait.
+            "visibility_timeout": 300,
             "socket_connect_timeout": 3,
             "socket_timeout": 10,
         },

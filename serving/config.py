@@ -5,11 +5,10 @@ Secrets (passwords, TLS keys) come only from the environment."""
 from __future__ import annotations
 
 import os
+import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 PROB_STREAM = "quakescan:probabilities"
@@ -65,7 +64,9 @@ class ServiceConfig:
     # sink
     out_dir: str = "catalogs"
     formats: tuple[str, ...] = ("quakeml", "csv", "jsonl")
-    reorder_timeout_s: float = 120.0  # how long the sink waits for a missing chunk
+    reorder_timeout_s: float = (
+        600.0  # how long the sink waits for a missing chunk (> broker redelivery)
+    )
     # batch
     data_roots: tuple[str, ...] = ()
     # metrics

@@ -10,6 +10,7 @@ to local disk and sent, oldest first, when it returns: nothing is lost.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import os
@@ -220,6 +221,7 @@ class Feeder:
         max_in_flight: int = 4,
         progress: Callable[[], dict[str, int]] | None = None,
         state_file: str | Path | None = None,
+        stations: list[str] | None = None,
     ) -> None:
         n = round(chunk_s / step_s)
         if n < 1 or abs(n * step_s - chunk_s) > 1e-6:
@@ -230,6 +232,9 @@ class Feeder:
         self.max_in_flight = max_in_flight
         self.progress = progress
         self.state_file = Path(state_file) if state_file else Path(spool_dir) / "feeder_state.json"
+        # Operators' [[stations]] list: only these NET.STA.LOC (wildcards allowed) are fed.
+        self.allowed = list(stations or [])
+        self.ignored: set[str] = set()
         self.buffers: dict[tuple[str, str], StationBuffer] = {}
         self.held: dict[tuple[str, str], list[dict]] = defaultdict(list)  # over the in-flight bound
         self.inbox: queue.Queue[Trace | None] = queue.Queue(maxsize=100_000)
@@ -284,6 +289,13 @@ class Feeder:
         if len(s.channel) < 3 or COMPONENT_MAP.get(s.channel[-1]) is None or tr.stats.npts == 0:
             return None
         station = f"{s.network}.{s.station}.{s.location}"
+        if self.allowed and not any(fnmatch.fnmatchcase(station, pat) for pat in self.allowed):
+            if station not in self.ignored:
+                self.ignored.add(station)
+                log.warning(
+                    "%s is not in the configured [[stations]]; its data are ignored", station
+                )
+            return None
         b = self._buffer(station, s.channel[:2])
         before = b.next_k
         if before is not None:

@@ -285,8 +285,12 @@ class Sink:
                     msg["station"], msg.get("channel_prefix", "")
                 )
             seq = msg["seq"]
-            if (s.last_seq is not None and seq <= s.last_seq) or seq in s.buffer:
+            if s.last_seq is not None and seq <= s.last_seq:
                 ack_now.append(mid)  # a redelivered chunk: its windows are already in
+                continue
+            if seq in s.buffer:
+                if s.buffer[seq][0] != mid:
+                    ack_now.append(mid)  # the same chunk done twice; one copy waits in the buffer
                 continue
             s.buffer[seq] = (mid, msg)
             touched.add(key)
@@ -386,16 +390,38 @@ class Sink:
         self.store.save(states)
         return n
 
+    def report_queues(self) -> None:
+        """Queue depths for dashboards and autoscaling: probabilities waiting, and the Celery queues."""
+        self.metrics.queue_depth.labels("probabilities").set(self.source.depth())
+        r = getattr(self.source, "r", None)
+        if r is not None:
+            from .config import QUEUE_BATCH, QUEUE_DETECT
+
+            for q in (QUEUE_DETECT, QUEUE_BATCH):
+                self.metrics.queue_depth.labels(q).set(r.llen(q))
+
     def run(self, stop: threading.Event, idle_flush_s: float = 300.0) -> None:
-        self.source.ensure_group()
-        n = self.recover_pending()
-        if n:
-            log.info("sink re-read %d unacknowledged messages", n)
-        last_depth = 0.0
+        """Until ``stop``: read, trigger, publish. Redis outages are waited out, not fatal."""
+        import redis
+
+        started, backoff, last_depth = False, 0.5, 0.0
         while not stop.is_set():
-            self.step()
-            now = self.clock()
-            if now - last_depth > 5:
-                self.metrics.queue_depth.labels("probabilities").set(self.source.depth())
-                self.flush_idle(idle_flush_s)
-                last_depth = now
+            try:
+                if not started:
+                    self.source.ensure_group()
+                    n = self.recover_pending()
+                    if n:
+                        log.info("sink re-read %d unacknowledged messages", n)
+                    started = True
+                self.step()
+                now = self.clock()
+                if now - last_depth > 5:
+                    self.report_queues()
+                    self.flush_idle(idle_flush_s)
+                    last_depth = now
+                backoff = 0.5
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("sink: Redis unreachable (%s); retrying in %.1f s", exc, backoff)
+                started = False  # re-read what was delivered but not acknowledged
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)

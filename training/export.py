@@ -122,7 +122,7 @@ def build_spec(
             "lr": cfg.lr,
             "batch_size": cfg.batch_size,
             "augment_onset_range_s": list(cfg.augment.onset_range_s),
-            "exported": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "exported": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         },
         metrics=metrics,
     ).validate()

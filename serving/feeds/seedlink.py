@@ -175,6 +175,10 @@ class _StationPosition:
     channel_ends: dict[str, UTCDateTime] = field(default_factory=dict)
 
 
+class _EmitFailed(Exception):
+    """``emit`` raised: carried past the connection-error handling, re-raised by ``run``."""
+
+
 class _Stopped(BaseException):
     """``stop`` was set inside a connection. A BaseException on purpose: ObsPy's
     multi-station negotiation catches and logs every Exception per station."""
@@ -260,7 +264,11 @@ class SeedLinkFeed(Feed):
         return {key: pos.seq for key, pos in self._positions.items()}
 
     def run(self, emit: Emit, stop: threading.Event) -> None:
-        """Emit each record's Trace until ``stop`` is set, reconnecting after failures."""
+        """Emit each record's Trace until ``stop`` is set, reconnecting after failures.
+
+        An exception from ``emit`` ends ``run`` (after saving the state file): the
+        record it failed on is not counted as delivered and comes again next time.
+        """
         delay = self.backoff_initial_s
         failures = 0
         try:
@@ -272,12 +280,15 @@ class SeedLinkFeed(Feed):
                         log.info(
                             "%s: connected again after %d failed attempt(s)", self.name, failures
                         )
+                        failures = 0
                     self._stream(link, emit, stop)
                     return  # _stream returns only once stop is set
                 except _Stopped:
                     return
+                except _EmitFailed as exc:
+                    raise exc.__cause__ from None
                 except (SeedLinkException, OSError) as exc:
-                    reason = _describe(exc)
+                    reason = _describe(exc, connected=link.streaming)
                 finally:
                     link.close(polite=stop.is_set())
                     self._save_state()
@@ -370,7 +381,10 @@ class SeedLinkFeed(Feed):
                     "sampling_rate": stats.sampling_rate,
                 },
             )
-            emit(trace)
+            try:
+                emit(trace)
+            except Exception as exc:  # not delivered: the position stays before this record
+                raise _EmitFailed from exc
             pos.channel_ends[trace.id] = trace.stats.endtime + trace.stats.delta
         # log / non-data records only move the position
         pos.seq = seq
@@ -508,6 +522,7 @@ class _Link(SeedLinkConnection):
         self.stop = stop
         self.accepted: set[str] = set()
         self.packets = 0  # packets received on this connection
+        self.streaming = False  # negotiation done, data transfer started
         for spec in feed.streams:
             seq = feed._positions[spec.key].seq
             self.add_stream(
@@ -536,12 +551,8 @@ class _Link(SeedLinkConnection):
                 ", ".join(missing),
             )
         self.state = SLState()
-        log.info(
-            "%s: streaming %d station(s) from %s",
-            self.feed.name,
-            len(self.accepted),
-            self.server_id,
-        )
+        self.streaming = True
+        log.info("%s: streaming %d station(s)", self.feed.name, len(self.accepted))
 
     def connect(self) -> None:
         """Open the TCP connection (stop-aware, within timeout_s) and say HELLO."""
@@ -632,11 +643,11 @@ def _check_control(buf: SLState) -> None:
             raise ConnectionError("the server ended the data transfer (END)")
 
 
-def _describe(exc: BaseException) -> str:
+def _describe(exc: BaseException, connected: bool) -> str:
+    what = "connection lost" if connected else "cannot connect"
     if isinstance(exc, SeedLinkException):
-        return f"SeedLink error: {getattr(exc, 'value', exc)}"
-    text = str(exc) or type(exc).__name__
-    return f"connection failed: {text}"
+        return f"{what}: SeedLink error: {getattr(exc, 'value', exc)}"
+    return f"{what}: {str(exc) or type(exc).__name__}"
 
 
 def _check_positive(label: str, value: float) -> None:

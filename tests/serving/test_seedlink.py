@@ -101,12 +101,7 @@ def merged(traces: list[Trace]) -> dict[str, Trace]:
                 f"{cid}: record at {nxt.stats.starttime} does not follow the one ending "
                 f"{prev.stats.endtime} (gap or duplicate)"
             )
-        out[cid] = Trace(
-            np.concatenate([t.data for t in parts]),
-            header={**{k: parts[0].stats[k] for k in ("network", "station", "location")}}
-            | {"channel": parts[0].stats.channel, "starttime": parts[0].stats.starttime}
-            | {"sampling_rate": parts[0].stats.sampling_rate},
-        )
+        out[cid] = Trace(np.concatenate([t.data for t in parts]), header=parts[0].stats.copy())
     return out
 
 
@@ -251,14 +246,15 @@ def test_backoff_grows_to_its_cap(data_dir: Path) -> None:
     try:
         metrics = Metrics(CollectorRegistry())
         feed = new_feed(
-            server, ["YA.UV06"], metrics=metrics, backoff_initial_s=0.1, backoff_max_s=0.4
+            server, ["YA.UV06"], metrics=metrics, backoff_initial_s=0.05, backoff_max_s=0.2
         )
         with running(feed, Collector()):
+            assert wait_until(lambda: reconnects(metrics, feed) >= 1)
             t0 = time.monotonic()
-            assert wait_until(lambda: reconnects(metrics, feed) >= 5)
+            assert wait_until(lambda: reconnects(metrics, feed) >= 7)
             elapsed = time.monotonic() - t0
-        # waits 0.1, 0.2, 0.4, 0.4 (minus at most 20 % jitter) before the 5th failure
-        assert 0.8 * 1.1 <= elapsed < 3.0
+        # waits 0.05 0.1 0.2 0.2 0.2 0.2 (minus <= 20 % jitter) = 0.95 s; uncapped: 3.15 s
+        assert 0.95 * 0.8 <= elapsed < 2.0
     finally:
         server.stop()
 
@@ -399,3 +395,30 @@ def test_corrupt_state_file_is_a_clear_value_error(tmp_path: Path) -> None:
         SeedLinkFeed(
             "127.0.0.1:18000", ["BK.BKS"], state_file=state, metrics=Metrics(CollectorRegistry())
         )
+
+
+def test_emit_error_ends_run_and_the_record_comes_again(data_dir: Path, tmp_path: Path) -> None:
+    files = [data_dir / KCR]
+    state = tmp_path / "seedlink.json"
+    with SeedLinkTestServer(files) as server:
+        begin = server.records[0].starttime
+        delivered: list[Trace] = []
+
+        def failing_emit(trace: Trace) -> None:
+            if len(delivered) == 10:
+                raise RuntimeError("downstream is full")
+            delivered.append(trace)
+
+        feed = new_feed(server, ["NC.KCR"], state_file=state, begin_time=begin)
+        with pytest.raises(RuntimeError, match="downstream is full"):
+            feed.run(failing_emit, threading.Event())
+        records = server.station_records("NC", "KCR")
+        assert feed.positions() == {"NC.KCR": records[9].seq}
+        assert json.loads(state.read_text())["stations"]["NC.KCR"]["seq"] == records[9].seq
+
+        rest = Collector(server)
+        feed2 = new_feed(server, ["NC.KCR"], state_file=state, begin_time=begin)
+        with running(feed2, rest):
+            assert rest.wait_for(len(records) - 10)
+        assert rest.traces[0].stats.starttime == records[10].starttime  # the failed one, again
+        assert_same_as_files(delivered + rest.traces, files)
