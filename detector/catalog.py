@@ -198,8 +198,11 @@ def detection_from_dict(row: Mapping[str, Any], where: str = "detection") -> Det
         prob = float(raw_p)
     except (TypeError, ValueError):
         raise ValueError(f"{where}: peak_probability {raw_p!r} is not a number in [0, 1]") from None
-    if not (math.isfinite(prob) and 0.0 <= prob <= 1.0):
-        raise ValueError(f"{where}: peak_probability {raw_p!r} is not a number in [0, 1]")
+    # STA/LTA detections carry the peak STA/LTA ratio here (any value >= 0).
+    upper = math.inf if text.get("model") == "stalta" else 1.0
+    if not (math.isfinite(prob) and 0.0 <= prob <= upper):
+        what = "a ratio >= 0" if upper == math.inf else "a number in [0, 1]"
+        raise ValueError(f"{where}: peak_probability {raw_p!r} is not {what}")
     if times["end"] < times["start"]:
         raise ValueError(f"{where}: end {text['end']} is before start {text['start']}")
     return Detection(

@@ -223,6 +223,18 @@ class _StreamRunner:
         self.tails: dict[tuple[str, str], Segment] = {}
         self.triggers: dict[tuple[str, str], StationTrigger] = {}
         self.stalta: dict[tuple[str, str], StaLtaStation] = {}
+        self.run_samples: dict[tuple[str, str], tuple[int, int]] = {}  # (start_ns, samples) of a run
+
+    def _close_run(self, key: tuple[str, str]) -> None:
+        """A contiguous run ended: if it was too short for one window, say so."""
+        run = self.run_samples.pop(key, None)
+        need = self.det.spec.window_samples
+        if run is not None and run[1] < need and self.det.method == "cnn":
+            self.det.stats.report.skip(
+                "short_segment",
+                f"{key[0]}.{key[1]}: {run[1]} samples from {UTCDateTime(ns=run[0])} are shorter "
+                f"than one window ({need} samples); skipped",
+            )
 
     def _join(self, seg: Segment) -> Segment:
         tail = self.tails.get(seg.key)
@@ -268,7 +280,14 @@ class _StreamRunner:
         det.stats.report.merge(report)
         out: list[Detection] = []
         for seg in sorted(segs, key=lambda s: (s.key, s.start_ns)):
-            seg = self._join(seg)
+            new_samples = seg.n_samples
+            joined = self._join(seg)
+            if joined is seg:
+                self._close_run(seg.key)
+                self.run_samples[seg.key] = (seg.start_ns, 0)
+            start_ns, n = self.run_samples.get(seg.key, (seg.start_ns, 0))
+            self.run_samples[seg.key] = (start_ns, n + new_samples)
+            seg = joined
             if det.method == "cnn":
                 trig = self.triggers.get(seg.key)
                 if trig is None:
@@ -294,6 +313,8 @@ class _StreamRunner:
 
     def flush(self) -> list[Detection]:
         out: list[Detection] = []
+        for key in list(self.run_samples):
+            self._close_run(key)
         for trig in self.triggers.values():
             out += trig.flush()
         for sl in self.stalta.values():

@@ -217,27 +217,31 @@ def _merge_channel(traces: list[Trace], report: PrepReport) -> Stream:
             len(bad),
         )
         st = Stream([tr for tr in st if tr.stats.sampling_rate == common])
-    first_id = st[0].id
-    try:
-        st.merge(method=1, fill_value=None)  # overlaps resolved, gaps kept masked
-    except Exception as exc:
-        report.skip("merge_failed", f"{first_id}: traces cannot be merged ({exc}); channel skipped")
-        return Stream()
-    pieces = Stream()
-    for tr in st:
-        if np.ma.isMaskedArray(tr.data) and np.ma.getmaskarray(tr.data).any():
-            split = tr.split()
-            for a, b in zip(split[:-1], split[1:], strict=False):
-                report.gaps.append(
-                    Gap(
-                        tr.id.rsplit(".", 1)[0],
-                        tr.stats.channel,
-                        a.stats.endtime,
-                        b.stats.starttime,
-                    )
-                )
-            pieces += split
+    # Merge only traces that touch or overlap: two records of one station years apart
+    # must stay two pieces (a masked merge would allocate every sample in between).
+    traces = sorted(st, key=lambda t: t.stats.starttime.ns)
+    dt = 1.0 / traces[0].stats.sampling_rate
+    groups: list[list[Trace]] = [[traces[0]]]
+    end = traces[0].stats.endtime
+    for tr in traces[1:]:
+        if tr.stats.starttime - end <= 1.5 * dt:
+            groups[-1].append(tr)
         else:
+            report.gaps.append(Gap(tr.id.rsplit(".", 1)[0], tr.stats.channel, end, tr.stats.starttime))
+            groups.append([tr])
+        end = max(end, tr.stats.endtime)
+    pieces = Stream()
+    for g in groups:
+        if len(g) == 1:
+            pieces.append(g[0])
+            continue
+        merged = Stream(g)
+        try:
+            merged.merge(method=1, fill_value="interpolate")  # overlaps resolved; no gaps here
+        except Exception as exc:
+            report.skip("merge_failed", f"{g[0].id}: traces cannot be merged ({exc}); piece skipped")
+            continue
+        for tr in merged:
             if np.ma.isMaskedArray(tr.data):
                 tr.data = np.ma.getdata(tr.data)
             pieces.append(tr)

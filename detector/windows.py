@@ -75,5 +75,6 @@ def iter_batches(
     for i in range(0, len(offsets), batch_size):
         idx = offsets[i : i + batch_size]
         out = buf[: len(idx)]
-        np.take(view, idx, axis=0, out=out)
+        # Fancy indexing gathers just these windows (np.take would copy the whole view).
+        out[...] = view[idx]
         yield slice(i, i + len(idx)), out

@@ -179,9 +179,10 @@ def _read_item(
     else:
         root = check_under_roots(item["root"], roots)
         sel = StationSelector.parse(item["selector"])
-        t0, t1 = UTCDateTime(item["start"]), UTCDateTime(item["end"])
+        # Read a window's worth past the end: the last windows of the range need it.
+        t0, t1 = UTCDateTime(item["start"]), UTCDateTime(item["end"]) + window_s
         st = Stream()
-        for _d, piece in iter_sds(root, sel, t0, t1 + window_s, report):
+        for _d, piece in iter_sds(root, sel, t0, t1, report):
             st += piece
     return st.slice(t0, t1, nearest_sample=False) if len(st) else st
 

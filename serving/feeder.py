@@ -64,10 +64,11 @@ class StationBuffer:
         gap = None
         prev = self.ends.get(ch)
         dt = tr.stats.delta
+        buffered = self.traces.get(ch)
+        if buffered and end <= buffered[-1].stats.endtime.timestamp:
+            return None  # already in the buffer (a feed re-delivering): ignore
         if prev is not None and start - prev > 1.5 * dt:
             gap = start - prev - dt
-        if prev is not None and end <= prev:
-            return None  # data already buffered (a feed re-delivering): ignore
         self.traces[ch].append(tr)
         self.ends[ch] = max(end, prev or end)
         self.last_sample_time = max(self.last_sample_time, end)
@@ -177,11 +178,12 @@ class Spool:
         self._n = len(self.files())
 
     def files(self) -> list[Path]:
-        return sorted(self.dir.glob("*.json"))
+        return sorted(self.dir.glob("chunk-*.json"))
 
     def put(self, msg: dict[str, Any]) -> Path:
         name = (
-            f"{time.time_ns():020d}-{msg['station']}-{msg['channel_prefix']}-{msg['seq']:012d}.json"
+            f"chunk-{time.time_ns():020d}-{msg['station']}-{msg['channel_prefix']}"
+            f"-{msg['seq']:012d}.json"
         )
         tmp = self.dir / (name + ".tmp")
         tmp.write_text(json.dumps(msg))
@@ -256,12 +258,66 @@ class Feeder:
             station, prefix = key.split("|", 1)
             b = self._buffer(station, prefix)
             b.next_k, b.seq = v["next_k"], v["seq"]
-        log.info("feeder resumed %d stations from %s", len(d.get("stations", {})), self.state_file)
+            b.ends = dict(v.get("ends", {}))  # so a gap across the restart is seen and counted
+            b.last_sample_time = float(v.get("last_sample_time", 0.0))
+        n = self._load_buffers()
+        log.info(
+            "feeder resumed %d stations from %s (%d buffered traces restored)",
+            len(d.get("stations", {})),
+            self.state_file,
+            n,
+        )
+
+    @property
+    def buffer_dir(self) -> Path:
+        return self.state_file.parent / "buffers"
+
+    def save_buffers(self) -> int:
+        """At a graceful stop: data received but not yet cut into chunks, as miniSEED."""
+        self.buffer_dir.mkdir(parents=True, exist_ok=True)
+        n = 0
+        for b in self.buffers.values():
+            st = b.buffered_stream()
+            path = self.buffer_dir / f"{b.station}|{b.channel_prefix}.mseed"
+            if not len(st):
+                path.unlink(missing_ok=True)
+                continue
+            st = st.copy()
+            st.merge(method=1, fill_value=None)
+            st = st.split()
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(stream_to_mseed(st))
+            os.replace(tmp, path)
+            n += len(st)
+        return n
+
+    def _load_buffers(self) -> int:
+        import obspy
+
+        n = 0
+        for path in sorted(self.buffer_dir.glob("*.mseed")) if self.buffer_dir.exists() else []:
+            station, prefix = path.stem.split("|", 1)
+            b = self._buffer(station, prefix)
+            try:
+                st = obspy.read(str(path))
+            except Exception as exc:
+                log.error("feeder: buffered data %s is unreadable (%s); skipped", path, exc)
+                continue
+            for tr in st:
+                b.traces[tr.stats.channel].append(tr)
+                n += 1
+            path.unlink()
+        return n
 
     def save_state(self) -> None:
         d = {
             "stations": {
-                f"{b.station}|{b.channel_prefix}": {"next_k": b.next_k, "seq": b.seq}
+                f"{b.station}|{b.channel_prefix}": {
+                    "next_k": b.next_k,
+                    "seq": b.seq,
+                    "ends": b.ends,
+                    "last_sample_time": b.last_sample_time,
+                }
                 for b in self.buffers.values()
                 if b.next_k is not None
             }
@@ -424,6 +480,8 @@ class Feeder:
             if until_feeds_end and not stop.is_set():
                 self.finish()
         finally:
+            if not (until_feeds_end and not stop.is_set()):
+                self.save_buffers()  # a stop, not the end of the data: keep what was not sent
             self.save_state()
 
     def finish(self, timeout_s: float = 600.0) -> None:

@@ -28,11 +28,18 @@ class AugmentConfig:
     # Zero the horizontals (a vertical-only station), in both classes alike, so a
     # model cannot use channel presence as a label.
     vertical_only_p: float = 0.2
+    # Then make vertical-only windows equally common in every class of the
+    # batch (noise from vertical-only stations would otherwise teach "no
+    # horizontals means noise").
+    balance_vertical_only: bool = True
     # Zero one random channel, in both classes alike.
     drop_channel_p: float = 0.1
     # Replace the horizontals of a window by those of a real noise window (a
     # station with dead or noisy horizontals, as some real stations have).
     noisy_horizontals_p: float = 0.1
+    # Swap the two horizontals (a station rotated by 90 degrees, or mislabelled
+    # E/N), in both classes alike.
+    swap_horizontals_p: float = 0.25
 
     def __post_init__(self) -> None:
         self.onset_range_s = tuple(float(x) for x in self.onset_range_s)
@@ -98,6 +105,10 @@ def augment_batch(
         horiz = [i for i in range(c) if i != vertical_index]
         src = noise_pool[rng.integers(0, len(noise_pool), size=int(swap.sum()))]
         x[np.ix_(swap, horiz)] = src[:, horiz].astype(np.float32)
+    if c == 3 and cfg.swap_horizontals_p > 0:
+        h = [i for i in range(c) if i != vertical_index]
+        sw = np.flatnonzero(rng.random(n) < cfg.swap_horizontals_p)
+        x[np.ix_(sw, h)] = x[np.ix_(sw, h[::-1])]
     lo, hi = np.log10(cfg.scale_range)
     x *= (10 ** rng.uniform(lo, hi, size=n)).astype(np.float32)[:, None, None]
     flip = rng.random(n) < cfg.polarity_flip_p
@@ -106,9 +117,28 @@ def augment_batch(
     if vert.any() and c > 1:
         horiz = [i for i in range(c) if i != vertical_index]
         x[np.ix_(vert, horiz)] = 0.0
+    if cfg.balance_vertical_only and c > 1:
+        balance_vertical_only(x, y, vertical_index, rng)
     live = np.abs(x).max(axis=-1) > 0  # [n, c]
     for i in np.flatnonzero(~vert & (rng.random(n) < cfg.drop_channel_p)):
         alive = np.flatnonzero(live[i])
         if len(alive) > 1:  # never leave a window with no live channel
             x[i, rng.choice(alive)] = 0.0
     return x
+
+
+def balance_vertical_only(x: np.ndarray, y: np.ndarray, vertical_index: int, rng: np.random.Generator) -> None:
+    """Zero the horizontals of more windows, in place, until every class has the same
+    share of vertical-only windows (the largest share found in the batch)."""
+    horiz = [i for i in range(x.shape[1]) if i != vertical_index]
+    vo = ~(np.abs(x[:, horiz]).max(axis=-1) > 0).any(axis=1)
+    classes = np.unique(y)
+    if len(classes) < 2:
+        return
+    target = max(vo[y == k].mean() for k in classes)
+    for k in classes:
+        idx = np.flatnonzero((y == k) & ~vo)
+        need = int(round(target * (y == k).sum())) - int((vo & (y == k)).sum())
+        if need > 0 and len(idx):
+            pick = rng.choice(idx, size=min(need, len(idx)), replace=False)
+            x[np.ix_(pick, horiz)] = 0.0

@@ -41,6 +41,11 @@ NOISE_PER_RECORD = 2
 NOISE_STRIDE_S = 8.0  # ncal: 28 s of pre-event data -> noise windows at 0 s and 8 s
 SAMPLING_RATE_HZ = 100.0
 COMPONENT_ORDER = "ENZ"
+# Reunion (volcano, vertical only): training noise from YA.UV06, 00:00-12:00 UTC only. YA.UV05
+# (the whole day) and YA.UV06 12:00-24:00 stay out of training for the false-alarm evaluation.
+REUNION_STATION = "UV06"
+REUNION_HOURS = (0, 12)
+REUNION_STRIDE_S = 120.0
 
 
 def stead_to_mseed(hdf5: str | Path, out_dir: str | Path) -> Path:
@@ -101,6 +106,68 @@ def stead_to_mseed(hdf5: str | Path, out_dir: str | Path) -> Path:
     return picks
 
 
+def reunion_exclusions(st: Stream) -> np.ndarray:
+    """Times (Unix s) of possible real events on the Reunion day, kept out of the noise class.
+
+    A sensitive STA/LTA (ObsPy's recursive STA/LTA, 2-20 Hz, on 3.0) coincident at both
+    stations within 3 s, or on one station alone above 6: anything that might be an event.
+    """
+    from obspy.signal.trigger import coincidence_trigger, recursive_sta_lta, trigger_onset
+
+    f = st.copy()
+    f.detrend("demean")
+    f.filter("bandpass", freqmin=2.0, freqmax=20.0, corners=4)
+    times = [t["time"].timestamp for t in coincidence_trigger("recstalta", 3.0, 1.5, f, 2, sta=0.5, lta=10.0)]
+    for tr in f:
+        cft = recursive_sta_lta(tr.data.astype(np.float64), 50, 1000)
+        for a, _b in trigger_onset(cft, 6.0, 1.5):
+            times.append((tr.stats.starttime + a / tr.stats.sampling_rate).timestamp)
+    return np.sort(np.asarray(times))
+
+
+def reunion_noise(shared: Path) -> WindowSet:
+    """Vertical-only noise windows (20 s, E and N zero) from YA.UV06, 00:00-12:00 UTC."""
+    import obspy
+
+    st = obspy.read(str(shared / "reunion_noise" / "YA.*"))
+    st.merge(method=1, fill_value=None)
+    excl = reunion_exclusions(st.split())
+    tr = st.select(station=REUNION_STATION)[0]
+    day0 = UTCDateTime(tr.stats.starttime.date)
+    n = int(round(WINDOW_S * SAMPLING_RATE_HZ))
+    z = COMPONENT_ORDER.index("Z")
+    wins, sources = [], []
+    t = day0 + REUNION_HOURS[0] * 3600
+    while t + WINDOW_S <= day0 + REUNION_HOURS[1] * 3600:
+        t0 = t.timestamp
+        t += REUNION_STRIDE_S
+        # 60 s before to 120 s after a possible event is not noise.
+        if ((excl > t0 - 120.0) & (excl < t0 + WINDOW_S + 60.0)).any():
+            continue
+        i = int(round((t0 - tr.stats.starttime.timestamp) * SAMPLING_RATE_HZ))
+        x = tr.data[i : i + n]
+        if len(x) < n or np.ma.is_masked(x) or np.any(np.diff(np.asarray(x)) == 0) and _flat_run(np.asarray(x)) > 50:
+            continue
+        w = np.zeros((len(COMPONENT_ORDER), n), np.float32)
+        w[z] = np.asarray(x, dtype=np.float32)
+        wins.append(w)
+        sources.append(f"reunion:{tr.id}:{UTCDateTime(t0).strftime('%Y%m%dT%H%M%S')}")
+    return WindowSet(
+        np.stack(wins),
+        np.full(len(wins), -1, np.int64),
+        sources,
+        [f"{tr.stats.network}.{tr.stats.station}"] * len(wins),
+        np.full((len(wins), 3), np.nan),
+    )
+
+
+def _flat_run(x: np.ndarray) -> int:
+    """Longest run of identical consecutive samples."""
+    same = np.r_[False, np.diff(x) == 0, False]
+    edges = np.flatnonzero(np.diff(same.astype(np.int8)))
+    return int((edges[1::2] - edges[::2]).max()) if len(edges) else 0
+
+
 def build_default(
     shared_data_dir: str | Path, out_path: str | Path, *, progress: bool = False
 ) -> BuildReport:
@@ -137,9 +204,11 @@ def build_default(
         )
     report = res_ncal.report
     report.merge(res_stead.report)
+    reunion = reunion_noise(shared)
+    report.noise_written += len(reunion)
     res = CutResult(
         events=WindowSet.concat([res_ncal.events, res_stead.events]),
-        noise=res_ncal.noise,
+        noise=WindowSet.concat([res_ncal.noise, reunion]),
         report=report,
         sampling_rate_hz=SAMPLING_RATE_HZ,
         component_order=COMPONENT_ORDER,
@@ -152,7 +221,12 @@ def build_default(
         "noise_margin_s": NOISE_MARGIN_S,
         "noise_per_record (ncal)": NOISE_PER_RECORD,
         "noise_window_stride_s": NOISE_STRIDE_S,
-        "sources": ["ncal/*.mseed + ncal/picks.csv", "stead_sample/waveforms.hdf5 (events)"],
+        "sources": [
+            "ncal/*.mseed + ncal/picks.csv",
+            "stead_sample/waveforms.hdf5 (events)",
+            f"reunion_noise YA.{REUNION_STATION} {REUNION_HOURS[0]:02d}-{REUNION_HOURS[1]:02d} UTC (noise, "
+            f"every {REUNION_STRIDE_S:g} s, possible events excluded)",
+        ],
         "script": "python -m training.default_data",
     }
     return write_cut(res, out_path, params=params)

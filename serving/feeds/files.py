@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
 import logging
@@ -164,7 +165,9 @@ class SDSFollowFeed(Feed):
 
     For each station it reads the current day's files from where it stopped
     (a byte offset per file, on record boundaries, saved in ``state_file``),
-    and moves on to the next day's files at midnight.
+    and moves on to the next day's files at midnight. Yesterday's files are
+    still followed for the records written after midnight; a ``start`` in the
+    past reads every day from there to today.
     """
 
     def __init__(
@@ -233,10 +236,18 @@ class SDSFollowFeed(Feed):
             tmp.write_text(json.dumps({"offsets": self.offsets}))
             os.replace(tmp, self.state_file)
 
+    def _days(self, today) -> list:
+        """Every day from the oldest followed one up to today (a late start catches up)."""
+        days, d = [], self.day
+        while d <= today:
+            days.append(d)
+            d += datetime.timedelta(days=1)
+        return days
+
     def run(self, emit: Emit, stop: threading.Event) -> None:
         while not stop.is_set():
             today = UTCDateTime().date
-            for day in sorted({self.day, today}):
+            for day in self._days(today):
                 for p in self._files(day):
                     try:
                         st = self._read_new(p)
@@ -245,8 +256,9 @@ class SDSFollowFeed(Feed):
                         continue
                     for tr in sorted(st, key=lambda t: t.stats.starttime):
                         emit(tr)
-            if today != self.day:
-                self.day = today
+            # Keep following yesterday's files: an archiver files a record by its start
+            # time, so the last records of a day are written there after midnight.
+            self.day = max(self.day, today - datetime.timedelta(days=1))
             self._save()
             stop.wait(self.poll_s)
         self._save()

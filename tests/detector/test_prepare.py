@@ -182,3 +182,15 @@ def test_windows_are_views_and_batches_are_exact(bks):
     got = np.concatenate(got)
     assert len(got) == len(off)
     np.testing.assert_array_equal(got[7], s.data[:, off[7] : off[7] + W])
+
+
+def test_records_years_apart_stay_separate_pieces(bks):
+    """Two records of one station far apart: two segments and a gap, not years of masked data."""
+    later = bks.copy()
+    for tr in later:
+        tr.stats.starttime += 3 * 365 * 86400
+    report = PrepReport()
+    segs = prep(bks + later, report)
+    assert [s.n_samples for s in segs] == [9001, 9001]
+    assert len(report.gaps) == 3  # one per channel
+    assert all(g.duration_s > 3 * 365 * 86400 - 100 for g in report.gaps)
