@@ -5,13 +5,15 @@ Compares, on the same windows of the same data and the same network:
 1. end to end: ``Detector.detect_iter`` over the miniSEED file (ObsPy read,
    stream preparation, window gather, ONNX Runtime, trigger);
 2. raw ONNX Runtime: ``session.run`` alone on ready batches (the detector's
-   batch size 256, and the best of a small sweep);
-3. PyTorch eager: the same ``DetectorNet`` at its best batch size;
+   batch size 256, and the best of a batch x threads sweep);
+3. PyTorch eager: the same ``DetectorNet`` at its best batch size and threads;
 4. SeisBench's ``annotate`` around that PyTorch network (benchmark-only
    dependency, ``pip install seisbench``).
 
 Each measurement runs in its own fresh Python process, so the peak resident
-memory (``VmHWM``) reported is that method's own. Before any timing the
+memory (``VmHWM``) reported is that method's own; the methods run in
+interleaved rounds and the fastest run of each is kept, so that load from
+other work on a shared host falls on all of them alike. Before any timing the
 PyTorch network is checked against ONNX Runtime on real windows (and SeisBench
 against ONNX Runtime at matching window starts); after timing, each method's
 full-day probabilities are compared with raw ONNX Runtime's again.
@@ -50,8 +52,6 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere: import detector/ and training/
     sys.path.insert(0, str(REPO_ROOT))
-
-log = logging.getLogger("detector_bench")
 
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
 DEFAULT_CHECKPOINT = REPO_ROOT / "runs" / "default" / "best.pt"
@@ -195,7 +195,8 @@ def resolve_device(device: str) -> str:
         raise SystemExit(
             "--device cuda: ONNX Runtime has no usable CUDA provider on this host "
             f"(providers {ort.get_available_providers()}, NVIDIA driver "
-            f"{'found' if gpu_present() else 'not found'}); install onnxruntime-gpu on a GPU host"
+            f"{'found' if gpu_present() else 'not found'}); "
+            "it needs onnxruntime-gpu and an NVIDIA GPU with its driver"
         )
     if device == "auto":
         return "cuda" if cuda_ok else "cpu"
@@ -351,7 +352,8 @@ def ort_session(model_path: str, device: str, threads: int | None) -> Any:
 def prepared_windows(path: str, model_path: str, step_s: float | None) -> dict[str, Any]:
     """The detector's own windows of the file: segments, grid indices and offsets (untimed).
 
-    Returns {"spec", "segments": [(data float32[C, n], k int64[m], offset int64[m])], "n", "read_s"}.
+    Returns {"spec", "step_s", "n", "read_s", "segments"}; segments are
+    [(data float32[C, n], k int64[m], offset int64[m])].
     """
     import obspy
 
@@ -387,7 +389,7 @@ def prepared_windows(path: str, model_path: str, step_s: float | None) -> dict[s
 
 
 def gather_windows(view: np.ndarray, idx: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Copy windows ``view[idx]`` (view: the strided float32[n - W + 1, C, W]) into a contiguous batch.
+    """Copy windows ``view[idx]`` into a contiguous batch; view: strided float32[n - W + 1, C, W].
 
     Evenly spaced offsets (one gap-free segment, the usual case) are a basic
     slice of the view, copied without any temporary; others go through fancy
@@ -784,7 +786,7 @@ def worker_ort(cfg: dict[str, Any]) -> dict[str, Any]:
         thread_options.append(1)
 
     def runner(sess: Any) -> tuple[Callable[[Any], Any], Callable[[Any], np.ndarray], Any]:
-        """(run, to_numpy, upload) for one session; on CUDA inputs and outputs stay on the device."""
+        """(run, to_numpy, upload) for one session; on CUDA, inputs and outputs stay there."""
         if cfg["device"] != "cuda":
             return (lambda x: sess.run([oname], {iname: x})[0]), (lambda p: p), None
         io = sess.io_binding()
@@ -1236,7 +1238,8 @@ def print_report(res: dict[str, Any], args: argparse.Namespace) -> None:
     )
     p(
         f"software  : Python {m['python']}, numpy {m['numpy']}, obspy {m['obspy']}, "
-        f"onnxruntime {m['onnxruntime']}, torch {m['torch']}, seisbench {m['seisbench'] or 'not installed'}"
+        f"onnxruntime {m['onnxruntime']}, torch {m['torch']}, "
+        f"seisbench {m['seisbench'] or 'not installed'}"
     )
     prov = (res.get("e2e") or {}).get("provider") or (res.get("ort") or {}).get("provider")
     p(
@@ -1245,7 +1248,8 @@ def print_report(res: dict[str, Any], args: argparse.Namespace) -> None:
     )
     d = res["data"]
     p(
-        f"data      : {d['hours']} h x {len(d['channels'])} channels at 100 Hz, {d['bytes'] / 2**20:.1f} MB "
+        f"data      : {d['hours']} h x {len(d['channels'])} channels at 100 Hz, "
+        f"{d['bytes'] / 2**20:.1f} MB "
         f"STEIM2 miniSEED from {d['start']}; step {res['step_s']} s"
     )
     p(f"            {'; '.join(f'{c}: {s}' for c, s in d['made_of'].items())}")
@@ -1332,7 +1336,8 @@ def print_report(res: dict[str, Any], args: argparse.Namespace) -> None:
         gather = " with the proposed gather fix" if prof["gather"] == "proposed" else ""
         p(
             f"end-to-end profile{gather} ({prof['windows']} windows, {prof['total_s']:.2f} s, "
-            f"input {prof['input_mb']:.0f} MB int32, prepared segment {prof['segment_mb']:.0f} MB float32)"
+            f"input {prof['input_mb']:.0f} MB int32, "
+            f"prepared segment {prof['segment_mb']:.0f} MB float32)"
         )
         p(f"  {'stage':<12} {'seconds':>8} {'share':>6} {'RSS after MB':>13}")
         rss = prof["rss_after_mb"]
@@ -1348,7 +1353,8 @@ def print_report(res: dict[str, Any], args: argparse.Namespace) -> None:
         other = prof["total_s"] - sum(prof["stages_s"].values())
         p(f"  {'other':<12} {other:>8.2f} {other / prof['total_s']:>6.1%}")
         p(
-            f"  process start {rss['start']:.0f} MB (imports + model), peak {prof['peak_rss_mb']:.0f} MB"
+            f"  process start {rss['start']:.0f} MB (imports + model), "
+            f"peak {prof['peak_rss_mb']:.0f} MB"
         )
         ops = ", ".join(f"{op} {share:.0%}" for op, share in prof["ort_ops"][:6])
         p(f"  ONNX Runtime node time by operator: {ops}")
@@ -1582,7 +1588,8 @@ def main(argv: list[str] | None = None) -> int:
             ]
             if bad:
                 raise SystemExit(
-                    "not the same network, timing would compare apples and pears: "
+                    "the PyTorch network is not the ONNX model, so the timings would not "
+                    "compare one network: "
                     + "; ".join(bad)
                     + ". Pass --checkpoint with the matching run."
                 )

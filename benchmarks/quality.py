@@ -1287,7 +1287,14 @@ def plot(res: dict[str, Any], path: Path) -> None:
         )
     ax.axhline(RECALL_TARGET, color="tab:green", ls="--", lw=1, label="recall target 0.90")
     ax.set_xscale("log")
-    ax.set_xlabel(f"false detections per station-day, Reunion 2010-09-01 (0 drawn at {floor:g})")
+    held = ""
+    if EXCLUDE:
+        held = ", without " + ", ".join(
+            f"{sta} {h0:g}-{h1:g} h (trained on)" for sta, h0, h1 in EXCLUDE
+        )
+    ax.set_xlabel(
+        f"false detections per station-day, Reunion 2010-09-01{held} (0 drawn at {floor:g})"
+    )
     ax.set_ylabel(
         f"ncal P-pick recall (154 records, tolerance {res['ncal_cnn_default']['tolerance_s']:g} s)"
     )

@@ -672,8 +672,12 @@ def machine() -> dict[str, Any]:
     rs = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout
     import obspy
 
+    from detector.model import OnnxModel
+
+    provider = OnnxModel(None, device="auto", threads=1).provider  # what a worker picks
     return {
         "cpu": cpu,
+        "provider": provider,
         "logical_cpus": os.cpu_count(),
         "usable_cpus": len(os.sched_getaffinity(0)),
         "ram_gb": round(mem_kb / 2**20, 1),
@@ -1038,7 +1042,7 @@ def run_one(args, n: int, chunk_s: float) -> dict[str, Any]:
         svc.stop_all()
     provider = "unknown"
     for line in wlog.splitlines():
-        if " serves " in line and " on " in line:
+        if " serves " in line and " on " in line:  # logged at INFO only
             provider = line.rsplit(" on ", 1)[1].strip()
             break
     res = analyse(args, n, chunk_s, fd, sk, samples, svc.until, t_feed0)
@@ -1119,7 +1123,7 @@ def analyse(args, n, chunk_s, fd, sk, samples, until, t_feed0) -> dict[str, Any]
     if len(got) < 0.9 * expected:
         reasons.append(f"{len(got)} of ~{expected:.0f} chunks")
     if trend is None:
-        reasons.append("window too short to see a latency trend")
+        reasons.append("no chunks triggered in the first or last third of the window")
     elif trend >= 1.0:
         reasons.append(f"latency grew {trend:.1f} s over the window")
     if not emit_ok:
@@ -1336,7 +1340,7 @@ def main(argv=None) -> None:
     m = machine()
     print(
         f"machine: {m['cpu']}, {m['usable_cpus']} of {m['logical_cpus']} CPUs usable, {m['ram_gb']} GB RAM; "
-        f"Python {m['python']}, onnxruntime {m['onnxruntime']} ({', '.join(m['ort_providers_available'])}), "
+        f"Python {m['python']}, onnxruntime {m['onnxruntime']} (available: {', '.join(m['ort_providers_available'])}; a worker here runs {m['provider']}), "
         f"celery {m.get('celery')}, redis-server {m['redis_server']}"
     )
     print(f"load average at start: {os.getloadavg()}")
@@ -1363,7 +1367,7 @@ def main(argv=None) -> None:
     print("=" * 100)
     print(
         f"machine: {m['cpu']}, {m['usable_cpus']} CPUs, {m['ram_gb']} GB RAM; onnxruntime "
-        f"{m['onnxruntime']}, provider {results[0]['provider'] if results else '-'}; worker -c {args.concurrency}, "
+        f"{m['onnxruntime']}, provider {m['provider']}; worker -c {args.concurrency}, "
         f"max_in_flight {args.max_in_flight}, step 1 s, window 10 s"
     )
     print_table(results)

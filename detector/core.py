@@ -223,7 +223,9 @@ class _StreamRunner:
         self.tails: dict[tuple[str, str], Segment] = {}
         self.triggers: dict[tuple[str, str], StationTrigger] = {}
         self.stalta: dict[tuple[str, str], StaLtaStation] = {}
-        self.run_samples: dict[tuple[str, str], tuple[int, int]] = {}  # (start_ns, samples) of a run
+        self.run_samples: dict[
+            tuple[str, str], tuple[int, int]
+        ] = {}  # (start_ns, samples) of a run
 
     def _close_run(self, key: tuple[str, str]) -> None:
         """A contiguous run ended: if it was too short for one window, say so."""

@@ -156,11 +156,17 @@ def _header(tr: Trace, starttime: UTCDateTime | None = None) -> dict:
 
 
 def _clean_trace(tr: Trace, report: PrepReport) -> Stream:
-    """Split a trace at NaN/inf runs (reported as gaps); returns finite pieces as float64."""
+    """Split a trace at NaN/inf runs (reported as gaps); returns the finite pieces.
+
+    Integer counts are kept as they are (no float copy of a station-day); they are cast once,
+    into the float32 segment.
+    """
     data = np.asarray(tr.data)
     if data.dtype.kind not in "fiu":
         report.skip("bad_dtype", f"{tr.id}: data type {data.dtype} is not numeric; trace skipped")
         return Stream()
+    if data.dtype.kind in "iu" and not np.ma.isMaskedArray(tr.data):
+        return Stream([Trace(data, header=_header(tr))])
     x = data.astype(np.float64)
     bad = ~np.isfinite(x)
     if np.ma.isMaskedArray(tr.data):
@@ -227,7 +233,9 @@ def _merge_channel(traces: list[Trace], report: PrepReport) -> Stream:
         if tr.stats.starttime - end <= 1.5 * dt:
             groups[-1].append(tr)
         else:
-            report.gaps.append(Gap(tr.id.rsplit(".", 1)[0], tr.stats.channel, end, tr.stats.starttime))
+            report.gaps.append(
+                Gap(tr.id.rsplit(".", 1)[0], tr.stats.channel, end, tr.stats.starttime)
+            )
             groups.append([tr])
         end = max(end, tr.stats.endtime)
     pieces = Stream()
@@ -239,7 +247,9 @@ def _merge_channel(traces: list[Trace], report: PrepReport) -> Stream:
         try:
             merged.merge(method=1, fill_value="interpolate")  # overlaps resolved; no gaps here
         except Exception as exc:
-            report.skip("merge_failed", f"{g[0].id}: traces cannot be merged ({exc}); piece skipped")
+            report.skip(
+                "merge_failed", f"{g[0].id}: traces cannot be merged ({exc}); piece skipped"
+            )
             continue
         for tr in merged:
             if np.ma.isMaskedArray(tr.data):
@@ -296,9 +306,12 @@ def prepare_station(
         out = []
         for tr in merged:
             try:
-                x = resample(
-                    np.asarray(tr.data, dtype=np.float64), tr.stats.sampling_rate, sampling_rate_hz
-                )
+                x = np.asarray(tr.data)
+                if (
+                    abs(tr.stats.sampling_rate - sampling_rate_hz)
+                    > RATE_TOLERANCE * sampling_rate_hz
+                ):
+                    x = resample(x.astype(np.float64), tr.stats.sampling_rate, sampling_rate_hz)
             except ValueError as exc:
                 report.skip("bad_sampling_rate", f"{tr.id}: {exc}; trace skipped")
                 continue

@@ -127,7 +127,9 @@ def augment_batch(
     return x
 
 
-def balance_vertical_only(x: np.ndarray, y: np.ndarray, vertical_index: int, rng: np.random.Generator) -> None:
+def balance_vertical_only(
+    x: np.ndarray, y: np.ndarray, vertical_index: int, rng: np.random.Generator
+) -> None:
     """Zero the horizontals of more windows, in place, until every class has the same
     share of vertical-only windows (the largest share found in the batch)."""
     horiz = [i for i in range(x.shape[1]) if i != vertical_index]

@@ -202,14 +202,22 @@ def evaluate_cmd(
 @click.option(
     "--threshold",
     type=float,
-    help="Trigger-on threshold (default: from validation, see --max-fpr).",
+    help="Trigger-on threshold (default: from validation, see --target-recall).",
 )
 @click.option(
-    "--max-fpr",
+    "--target-recall",
     type=float,
-    default=0.005,
+    default=0.95,
     show_default=True,
-    help="Pick the threshold with at most this false-positive rate on validation noise.",
+    help="Pick the highest threshold that keeps this recall on validation event windows.",
+)
+@click.option(
+    "--merge-gap",
+    "merge_gap_s",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Default trigger merge gap in seconds (in the spec).",
 )
 @click.option("--description", default="", help="What the model is for.")
 @click.option("--trained-on", default="", help="What data it was trained on, in words.")

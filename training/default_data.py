@@ -8,6 +8,9 @@ Sources (see training/data/README.md for licences):
   One event window per record and two noise windows from the pre-event part.
 - ``stead_sample/waveforms.hdf5``: 50 STEAD traces (60 s, 100 Hz, E,N,Z) at TA.109C. Events
   only: P lies 4-9 s after the trace start, too little pre-P data for a 20 s noise window.
+- ``reunion_noise/``: noise only, from YA.UV06 00:00-12:00 UTC (vertical only), away from
+  possible events. YA.UV05 and YA.UV06 after noon are held out for the false-alarm test.
+- ncal pre-event windows holding seismic signals (``NCAL_PRE_EVENT_SIGNALS``) are dropped.
 
 The windows are "context" templates, 20 s long and longer than the model's 10 s window, so that
 training can crop real time shifts: the P onset sits 8 s in (STEAD traces with less than 8 s
@@ -46,6 +49,26 @@ COMPONENT_ORDER = "ENZ"
 REUNION_STATION = "UV06"
 REUNION_HOURS = (0, 12)
 REUNION_STRIDE_S = 120.0
+
+# Seismic signals found before the picked P in ncal records, so their pre-event windows are not
+# noise: (record, seconds after the record start). Found with a 2-20 Hz STA/LTA (> 3) on the
+# pre-event data and confirmed by eye; "early P" marks an onset a few seconds before the pick.
+NCAL_PRE_EVENT_SIGNALS = [
+    ("NC.MDPB.20121006T104343.mseed", 23.5),  # local event
+    ("BG.HVC.20150310T084031.mseed", 11.0),  # local event
+    ("BG.SQK.20161214T172724.mseed", 18.3),  # local event
+    ("BG.NEG.20110704T160908.mseed", 9.6),  # local event
+    ("BG.FUM.20120923T162232.mseed", 6.0),  # emergent local event
+    ("NN.TVH1.20110715T002709.mseed", 13.3),  # local event
+    ("NP.1845.20080130T015250.mseed", 4.2),  # local event
+    ("NP.1845.20080130T015250.mseed", 10.5),  # local event
+    ("BG.BUC.20160105T230054.mseed", 27.5),  # early P
+    ("BG.PFR.20101113T050621.mseed", 26.8),  # early P
+    ("PG.BP.20081103T144340.mseed", 7.3),  # 6 s burst, event or not: not clean noise
+    ("NP.1746.20150828T010710.mseed", 12.2),  # small transient, uncertain
+    ("NC.CCOB.20160228T175516.mseed", 21.6),  # small transient, uncertain
+    ("NC.PHSB.20150903T150148.mseed", 5.6),  # burst, uncertain
+]
 
 
 def stead_to_mseed(hdf5: str | Path, out_dir: str | Path) -> Path:
@@ -106,6 +129,54 @@ def stead_to_mseed(hdf5: str | Path, out_dir: str | Path) -> Path:
     return picks
 
 
+def drop_signal_windows(noise: WindowSet, ncal: Path) -> WindowSet:
+    """Noise windows of ncal records without the pre-event signals listed above."""
+    import obspy
+
+    marks: dict[str, list[float]] = {}
+    for f, t in NCAL_PRE_EVENT_SIGNALS:
+        marks.setdefault(f, []).append(t)
+    keep = []
+    n = noise.windows.shape[-1]
+    for i, src in enumerate(noise.source):
+        name = Path(src.split(":")[-1]).name
+        if name not in marks:
+            keep.append(i)
+            continue
+        st = obspy.read(str(ncal / name))
+        row = next(
+            r for r in range(noise.windows.shape[1]) if np.abs(noise.windows[i, r]).max() > 0
+        )
+        comp = COMPONENT_ORDER[row]
+        tr = next(tr for tr in st if tr.stats.channel[-1] == comp)
+        data = tr.data.astype(np.float32)
+        start = next(
+            (
+                o
+                for o in range(len(data) - n + 1)
+                if np.array_equal(data[o : o + n], noise.windows[i, row])
+            ),
+            None,
+        )
+        if start is None:
+            keep.append(i)
+            continue
+        s0, s1 = start / SAMPLING_RATE_HZ, (start + n) / SAMPLING_RATE_HZ
+        # A signal at t touches the window if it starts before its end (+2 s) and its coda
+        # (10 s) reaches past its start.
+        if not any(s0 - 10.0 <= t <= s1 + 2.0 for t in marks[name]):
+            keep.append(i)
+    idx = np.asarray(keep, dtype=np.int64)
+    log.info("dropped %d ncal noise windows holding pre-event signals", len(noise) - len(idx))
+    return WindowSet(
+        noise.windows[idx],
+        noise.p_sample[idx],
+        [noise.source[i] for i in idx],
+        [noise.station[i] for i in idx],
+        noise.coords[idx],
+    )
+
+
 def reunion_exclusions(st: Stream) -> np.ndarray:
     """Times (Unix s) of possible real events on the Reunion day, kept out of the noise class.
 
@@ -117,7 +188,10 @@ def reunion_exclusions(st: Stream) -> np.ndarray:
     f = st.copy()
     f.detrend("demean")
     f.filter("bandpass", freqmin=2.0, freqmax=20.0, corners=4)
-    times = [t["time"].timestamp for t in coincidence_trigger("recstalta", 3.0, 1.5, f, 2, sta=0.5, lta=10.0)]
+    times = [
+        t["time"].timestamp
+        for t in coincidence_trigger("recstalta", 3.0, 1.5, f, 2, sta=0.5, lta=10.0)
+    ]
     for tr in f:
         cft = recursive_sta_lta(tr.data.astype(np.float64), 50, 1000)
         for a, _b in trigger_onset(cft, 6.0, 1.5):
@@ -146,8 +220,8 @@ def reunion_noise(shared: Path) -> WindowSet:
             continue
         i = int(round((t0 - tr.stats.starttime.timestamp) * SAMPLING_RATE_HZ))
         x = tr.data[i : i + n]
-        if len(x) < n or np.ma.is_masked(x) or np.any(np.diff(np.asarray(x)) == 0) and _flat_run(np.asarray(x)) > 50:
-            continue
+        if len(x) < n or np.ma.is_masked(x) or _flat_run(np.asarray(x)) > 50:
+            continue  # a gap, or data held constant (padding) for over 0.5 s
         w = np.zeros((len(COMPONENT_ORDER), n), np.float32)
         w[z] = np.asarray(x, dtype=np.float32)
         wins.append(w)
@@ -205,10 +279,11 @@ def build_default(
     report = res_ncal.report
     report.merge(res_stead.report)
     reunion = reunion_noise(shared)
-    report.noise_written += len(reunion)
+    noise = WindowSet.concat([drop_signal_windows(res_ncal.noise, ncal), reunion])
+    report.noise_written = len(noise)
     res = CutResult(
         events=WindowSet.concat([res_ncal.events, res_stead.events]),
-        noise=WindowSet.concat([res_ncal.noise, reunion]),
+        noise=noise,
         report=report,
         sampling_rate_hz=SAMPLING_RATE_HZ,
         component_order=COMPONENT_ORDER,

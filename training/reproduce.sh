@@ -17,7 +17,7 @@ fi
 "$BIN/quakescan" export runs/default --out detector/models/convnetquake.onnx \
   --name convnetquake --version 1 \
   --description "ConvNetQuake (Perol et al. 2018) event detector for local earthquakes, 3-component or vertical-only, 100 Hz, 10 s windows." \
-  --trained-on "204 local earthquakes (154 NCEDC records of Northern California networks from the PhaseNet set, 50 STEAD traces of TA.109C) and 273 real noise windows from the same records' pre-event data; 109 stations; held-out metrics on stations never trained on."
+  --trained-on "204 local earthquakes (154 NCEDC records of Northern California networks from the PhaseNet set, 50 STEAD traces of TA.109C); 547 real noise windows: 250 from the same ncal records' pre-event data, 297 from 12 h of a volcano station (YA.UV06, Piton de la Fournaise). Held-out metrics are on stations never trained on."
 
 "$BIN/quakescan" train slow-earthquake --templates "$TEMPLATES" --out runs/slow \
   --config training/configs/slow_earthquake.toml

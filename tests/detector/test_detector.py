@@ -130,7 +130,9 @@ def test_bad_pieces_are_counted_and_the_rest_processed(det, ncal):
     dets = d2.detect(st + short + odd)
     assert dets and all(d.station == "BK.BKS." for d in dets)
     assert d2.stats.report.skipped["unknown_channel"] == 3
-    assert d2.stats.report.skipped["short_segment"] == 1  # the 4 s of ACR: counted, not silently lost
+    assert (
+        d2.stats.report.skipped["short_segment"] == 1
+    )  # the 4 s of ACR: counted, not silently lost
 
 
 def test_wrong_model_files_are_refused(tmp_path):

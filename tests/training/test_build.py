@@ -350,14 +350,16 @@ def test_cli_builds_end_to_end(ncal, tmp_path):
 
 def test_shipped_default_templates_load():
     path = Path(__file__).parents[2] / "training" / "data" / "default_templates.h5"
-    if not path.exists():
-        pytest.skip(
-            "training/data/default_templates.h5 not built (python -m training.default_data)"
-        )
-    t = read_templates(path)
+    t = read_templates(path)  # shipped in the repository: the default model's training set
     counts = t.counts()
     assert counts["earthquake"] >= 200 and counts["noise"] >= 250
     assert t.windows.shape[1:] == (3, 2000) and t.component_order == "ENZ"
     ev = t.labels == 1
     assert t.onset_sample[ev].min() >= 400 and t.onset_sample[ev].max() == 800
     assert all(t.station) and all(t.source)
+    # Reunion noise (vertical only) comes from YA.UV06 before noon only: the rest of the day
+    # is the held-out false-alarm test.
+    reunion = [i for i, s in enumerate(t.source) if s.startswith("reunion:")]
+    assert reunion and {t.station[i] for i in reunion} == {"YA.UV06"}
+    hours = {int(t.source[i].rsplit(":", 1)[1][9:11]) for i in reunion}  # ...:20100901T073400
+    assert max(hours) < 12

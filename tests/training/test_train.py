@@ -122,6 +122,11 @@ def test_export_is_self_contained_and_matches_pytorch(run, data_dir, tmp_path):
     assert s.preparation.bandpass_hz == (2.0, 25.0)
     assert s.training["templates_sha256"] and "test" in s.metrics
     assert 0.5 <= s.trigger.on < 1 and s.trigger.off < s.trigger.on
+    # The default threshold is the highest that keeps validation recall at the 0.95 target.
+    assert s.metrics["val"]["recall"] >= 0.95 or s.trigger.on == 0.5
+    assert "validation recall >= 0.95" in s.metrics["threshold_rule"]
+    # The onset estimate of a detection is calibrated on validation events, inside the window.
+    assert 0.3 <= s.onset_offset_s <= 9.5
     # Dynamic batch axis, raw windows in, probabilities out, on real windows.
     from training.templates import read_templates
 
