@@ -27,7 +27,13 @@ Run from the repository root:
     .venv/bin/python benchmarks/serving_bench.py --json benchmarks/results/serving.json
 
 Nothing here asserts a timing: the table prints PASS / FAIL against the target
-(>= 1000 stations sustained at a 1 s step with p99 <= 2 s).
+(>= 1000 stations sustained at a 1 s step, chunk and detection latency p99 <= 2 s).
+"Sustained" means every chunk whose last sample falls in the measured window was
+triggered by the sink (within --drain s of the end), the feed kept the wall clock
+(p99 lateness < 1 s), the feeder's in-flight bound held back no backlog, and the
+chunk latency did not grow (median of the last third minus the first < 1 s).
+The machine is shared: the table's "others" column is the CPU the rest of the
+machine used meanwhile (from /proc/stat), so runs can be compared honestly.
 
 ``--what-if`` runs the same pipeline with prototypes of proposed changes,
 monkeypatched into the feeder / worker / sink processes (``serving/`` is not
@@ -1135,7 +1141,12 @@ def analyse(args, n, chunk_s, fd, sk, samples, until, t_feed0) -> dict[str, Any]
     cps = len(got) / args.duration
     cpu_ms = {k: round(10 * v / cps, 2) for k, v in cpu.items()} if cps else {}
     cores_1000 = round(sum(cpu.values()) / 100 * 1000 / n, 2) if cpu else None
-    meets = bool(sustained and p99 is not None and p99 <= TARGET_P99_S)
+    meets = bool(
+        sustained
+        and p99 is not None
+        and p99 <= TARGET_P99_S
+        and (det_p99 is None or det_p99 <= TARGET_P99_S)
+    )
     return {
         "stations": n,
         "event_stations": fd["data"]["event_stations"],

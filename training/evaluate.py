@@ -46,7 +46,7 @@ class Evaluation:
             f"  accuracy          {m['accuracy']:.4f}",
             f"  ROC-AUC           {m['roc_auc']:.4f}",
             f"  false-pos. rate   {m['false_positive_rate']:.4f}  ({m['fp']} of {m['n_noise']} noise windows)",
-            "  confusion matrix (rows true, columns predicted):",
+            "  confusion matrix at the threshold (rows true, columns predicted):",
         ]
         w = max(len(c) for c in self.class_names) + 2
         lines.append(" " * (w + 2) + "".join(f"{c:>{w}}" for c in self.class_names))
@@ -127,7 +127,7 @@ def evaluate(
         thr = 0.5 if threshold is None else threshold
         source = f"{model} on {label}"
     metrics = binary_metrics(probs, ev.y, thr)
-    cm = confusion_matrix(probs, ev.y, len(class_names))
+    cm = confusion_matrix(probs, ev.y, len(class_names), thr)
     return Evaluation(metrics, cm, class_names, len(ev.y), source)
 
 

@@ -52,10 +52,14 @@ def binary_metrics(
     }
 
 
-def confusion_matrix(probs: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
-    """int[K, K]: rows are true classes, columns predicted (argmax)."""
+def confusion_matrix(
+    probs: np.ndarray, labels: np.ndarray, n_classes: int, threshold: float = 0.5
+) -> np.ndarray:
+    """int[K, K]: rows are true classes, columns predicted, as the trigger decides: an event
+    when 1 - p(noise) >= threshold, labelled with the most probable event class."""
+    pred = np.where(1.0 - probs[:, 0] >= threshold, 1 + probs[:, 1:].argmax(1), 0)
     cm = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(cm, (labels, probs.argmax(1)), 1)
+    np.add.at(cm, (labels, pred), 1)
     return cm
 
 

@@ -57,7 +57,10 @@ class ModelConfig:
         prep = d.get("preparation")
         if isinstance(prep, dict) and prep.get("bandpass_hz") is not None:
             d["preparation"] = {**prep, "bandpass_hz": tuple(prep["bandpass_hz"])}
-        return cls(**d)
+        try:
+            return cls(**d)
+        except TypeError as exc:  # a field this version does not know (an older checkpoint?)
+            raise ValueError(f"model config does not match this quakescan version: {exc}") from None
 
 
 class DetectorNet(nn.Module):
