@@ -22,7 +22,7 @@ earthquake records (``ncal/``, 90 s each), so that detections happen.
 Run from the repository root:
 
     .venv/bin/python benchmarks/serving_bench.py                      # the sweep (about 3 min per N)
-    .venv/bin/python benchmarks/serving_bench.py --quick              # smoke run (~2 min)
+    .venv/bin/python benchmarks/serving_bench.py --quick              # smoke run: N = 20, 100 (~5 min)
     .venv/bin/python benchmarks/serving_bench.py --stations 1000 --what-if all
     .venv/bin/python benchmarks/serving_bench.py --json benchmarks/results/serving.json
 

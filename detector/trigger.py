@@ -37,6 +37,11 @@ class TriggerParams:
             raise ValueError("min_duration_s and merge_gap_s must be >= 0")
 
 
+# Windows within this much of the peak probability form the peak "plateau"; its middle
+# window dates the event (a first maximum would be early on saturated plateaus).
+PLATEAU_DELTA = 0.02
+
+
 @dataclass
 class _Open:
     k_first: int
@@ -44,6 +49,20 @@ class _Open:
     k_peak: int
     p_peak: float
     class_p: np.ndarray  # class probabilities at the peak window
+    ks: list = None  # grid index and event probability of every window of the trigger
+    ss: list = None
+
+    def add(self, kk: np.ndarray, ss: np.ndarray) -> None:
+        self.ks = (self.ks or []) + [int(x) for x in kk]
+        self.ss = (self.ss or []) + [float(x) for x in ss]
+
+    def k_centre(self) -> int:
+        """The middle window of the peak plateau."""
+        if not self.ks:
+            return self.k_peak
+        ss = np.asarray(self.ss)
+        plateau = np.flatnonzero(ss >= ss.max() - PLATEAU_DELTA)
+        return int(self.ks[int(plateau[len(plateau) // 2])])
 
 
 def trigger_onoff(score: np.ndarray, on: float, off: float) -> list[tuple[int, int]]:
@@ -112,6 +131,7 @@ class StationTrigger:
             if tr.p_peak > pend.p_peak:
                 pend.k_peak, pend.p_peak, pend.class_p = tr.k_peak, tr.p_peak, tr.class_p
             pend.k_last = tr.k_last
+            pend.add(tr.ks or [], tr.ss or [])
             return
         if pend is not None:
             self._emit(pend, out)
@@ -130,7 +150,7 @@ class StationTrigger:
                 channel_prefix=self.channel_prefix,
                 start=start,
                 end=UTCDateTime(ns=tr.k_last * round(self.step_s * 1e9)) + self.window_s,
-                peak_time=UTCDateTime(ns=tr.k_peak * round(self.step_s * 1e9))
+                peak_time=UTCDateTime(ns=tr.k_centre() * round(self.step_s * 1e9))
                 + self.onset_offset_s,
                 peak_probability=round(float(tr.p_peak), 6),
                 label=label,
@@ -182,6 +202,7 @@ class StationTrigger:
                             pp[j].copy(),
                         )
                     self._open.k_last = int(kk[end - 1])
+                    self._open.add(kk[:end], ss[:end])
                 if end < len(ss):
                     self._close(self._open, out)
                     self._open = None
@@ -190,6 +211,7 @@ class StationTrigger:
                 a, b = a + i, b + i
                 j = a + int(np.argmax(ss[a : b + 1]))
                 tr = _Open(int(kk[a]), int(kk[b]), int(kk[j]), float(ss[j]), pp[j].copy())
+                tr.add(kk[a : b + 1], ss[a : b + 1])
                 if b == len(ss) - 1:
                     self._open = tr  # may continue in the next piece
                 else:
@@ -206,7 +228,15 @@ class StationTrigger:
         def enc(t: _Open | None):
             if t is None:
                 return None
-            return [t.k_first, t.k_last, t.k_peak, t.p_peak, [float(x) for x in t.class_p]]
+            return [
+                t.k_first,
+                t.k_last,
+                t.k_peak,
+                t.p_peak,
+                [float(x) for x in t.class_p],
+                list(t.ks or []),
+                list(t.ss or []),
+            ]
 
         return {"open": enc(self._open), "pending": enc(self._pending), "last_k": self._last_k}
 
@@ -216,9 +246,12 @@ class StationTrigger:
         def dec(v):
             if v is None:
                 return None
-            return _Open(
+            t = _Open(
                 int(v[0]), int(v[1]), int(v[2]), float(v[3]), np.asarray(v[4], dtype=np.float32)
             )
+            if len(v) > 5:
+                t.add(v[5], v[6])
+            return t
 
         self._open, self._pending = dec(state.get("open")), dec(state.get("pending"))
         self._last_k = state.get("last_k")

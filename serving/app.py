@@ -44,9 +44,9 @@ def make_app(cfg: ServiceConfig | None = None) -> Celery:
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=3,
         broker_transport_options={
-            # A chunk not acked in 5 minutes (its worker host gone for good) is
+            # A chunk not acked in time (its worker host gone for good) is
             # redelivered; above the hard time limit, below the sink's reorder wait.
-            "visibility_timeout": 300,
+            "visibility_timeout": cfg.visibility_timeout_s,
             "socket_connect_timeout": 3,
             "socket_timeout": 10,
         },

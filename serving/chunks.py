@@ -13,6 +13,7 @@ import base64
 import hashlib
 import io
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,9 +161,15 @@ def mseed_to_stream(data: bytes) -> Stream:
 
 
 # ------------------------------------------------------------------ cutting
-def chunk_windows(k_first: int, chunk_windows_n: int) -> int:
-    """The last k of a chunk that starts at k_first: chunks end on multiples of chunk_windows_n."""
-    return (k_first // chunk_windows_n + 1) * chunk_windows_n - 1
+def chunk_phase(station: str, channel_prefix: str, chunk_windows_n: int) -> int:
+    """A station's fixed offset of chunk boundaries, so that all stations' chunks do not
+    fall due in the same second (a burst the feeder would have to cut all at once)."""
+    return zlib.crc32(f"{station}|{channel_prefix}".encode()) % chunk_windows_n
+
+
+def chunk_windows(k_first: int, chunk_windows_n: int, phase: int = 0) -> int:
+    """The last k of a chunk that starts at k_first: chunks end at k = phase - 1 (mod n)."""
+    return ((k_first - phase) // chunk_windows_n + 1) * chunk_windows_n - 1 + phase
 
 
 def data_span(

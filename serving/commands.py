@@ -286,6 +286,7 @@ def feed_cmd(config_file, until_done, metrics_port):
             spool_dir=cfg.spool_dir,
             max_in_flight=cfg.max_in_flight,
             progress=redis_progress(redis_client(cfg)),
+            stations=[s["id"] for s in cfg.stations],
         )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None

@@ -60,6 +60,9 @@ class ServiceConfig:
     # worker
     soft_time_limit_s: float = 60.0
     time_limit_s: float = 120.0
+    # A chunk taken by a worker and never acknowledged (its host vanished, or the broker
+    # restarted under it) is redelivered after this long.
+    visibility_timeout_s: float = 300.0
     concurrency: int | None = None
     # sink
     out_dir: str = "catalogs"
@@ -173,6 +176,7 @@ _ENV = {
     "threads": "QUAKESCAN_THREADS",
     "device": "QUAKESCAN_DEVICE",
     "metrics_port": "QUAKESCAN_METRICS_PORT",
+    "visibility_timeout_s": "QUAKESCAN_VISIBILITY_TIMEOUT_S",
 }
 # Settings an operator may put in the TOML file's [service] table (no secrets).
 _TOML_KEYS = {
@@ -193,6 +197,7 @@ _TOML_KEYS = {
     "data_roots",
     "serializer",
     "concurrency",
+    "visibility_timeout_s",
 }
 
 

@@ -40,9 +40,53 @@ class SendError(RuntimeError):
 
 
 # ----------------------------------------------------------------- buffers
+class _Run:
+    """Contiguous samples of one channel: pieces appended, joined lazily (one copy per cut)."""
+
+    __slots__ = ("start_ns", "rate", "dt_ns", "pieces", "n", "header")
+
+    def __init__(self, tr: Trace) -> None:
+        s = tr.stats
+        self.start_ns = s.starttime.ns
+        self.rate = s.sampling_rate
+        self.dt_ns = 1e9 / self.rate
+        self.pieces = [np.asarray(tr.data)]
+        self.n = len(tr.data)
+        self.header = {
+            "network": s.network,
+            "station": s.station,
+            "location": s.location,
+            "channel": s.channel,
+            "sampling_rate": s.sampling_rate,
+        }
+
+    @property
+    def end_ns(self) -> int:
+        """Time of the last sample."""
+        return self.start_ns + round((self.n - 1) * self.dt_ns)
+
+    def data(self) -> np.ndarray:
+        if len(self.pieces) > 1:
+            self.pieces = [np.concatenate(self.pieces)]
+        return self.pieces[0]
+
+    def index(self, t_ns: int) -> float:
+        return (t_ns - self.start_ns) / self.dt_ns
+
+    def trace(self, i0: int, i1: int) -> Trace:
+        """Samples i0 .. i1 (inclusive) as a Trace."""
+        hdr = dict(self.header)
+        hdr["starttime"] = UTCDateTime(ns=self.start_ns + round(i0 * self.dt_ns))
+        return Trace(self.data()[i0 : i1 + 1], header=hdr)
+
+
 @dataclass
 class StationBuffer:
-    """Buffered data of one station (NET.STA.LOC + channel prefix) and its chunk counter."""
+    """Buffered data of one station (NET.STA.LOC + channel prefix) and its chunk counter.
+
+    Each channel's data is a list of contiguous runs (numpy arrays): a feed's packets are
+    appended, so cutting a chunk is an array slice, not a merge of many small traces.
+    """
 
     station: str
     channel_prefix: str
@@ -51,31 +95,52 @@ class StationBuffer:
     windows_per_chunk: int
     next_k: int | None = None  # first window not yet sent
     seq: int = 0  # sequence number of the next chunk
-    traces: dict[str, list[Trace]] = field(default_factory=lambda: defaultdict(list))
+    runs: dict[str, list[_Run]] = field(default_factory=lambda: defaultdict(list))
     ends: dict[str, float] = field(default_factory=dict)  # newest sample time per channel
     last_sample_time: float = 0.0
     max_component_lag_s: float = 30.0
+    phase: int = 0  # chunk boundaries of this station, staggered (see chunk_phase)
 
     def add(self, tr: Trace) -> float | None:
         """Buffer a trace; returns the gap in seconds before it, if there was one."""
         ch = tr.stats.channel
-        end = tr.stats.endtime.timestamp
-        start = tr.stats.starttime.timestamp
+        if tr.stats.npts == 0:
+            return None
+        runs = self.runs[ch]
+        start_ns, rate = tr.stats.starttime.ns, tr.stats.sampling_rate
+        dt_ns = 1e9 / rate
+        data = np.asarray(tr.data)
+        if runs and runs[-1].rate == rate:
+            last = runs[-1]
+            skip = int(round((last.end_ns - start_ns) / dt_ns)) + 1  # samples already buffered
+            if skip >= len(data):
+                return None  # all of it is in the buffer already (a feed re-delivering)
+            if skip > 0:
+                data, start_ns = data[skip:], start_ns + round(skip * dt_ns)
         gap = None
         prev = self.ends.get(ch)
-        dt = tr.stats.delta
-        buffered = self.traces.get(ch)
-        if buffered and end <= buffered[-1].stats.endtime.timestamp:
-            return None  # already in the buffer (a feed re-delivering): ignore
-        if prev is not None and start - prev > 1.5 * dt:
-            gap = start - prev - dt
-        self.traces[ch].append(tr)
-        self.ends[ch] = max(end, prev or end)
+        end = (start_ns + round((len(data) - 1) * dt_ns)) / 1e9
+        if prev is not None and start_ns / 1e9 - prev > 1.5 / rate:
+            gap = start_ns / 1e9 - prev - 1 / rate
+        if runs and runs[-1].rate == rate and abs(start_ns - runs[-1].end_ns - dt_ns) <= dt_ns / 2:
+            runs[-1].pieces.append(data)
+            runs[-1].n += len(data)
+        else:
+            if data is not tr.data:
+                hdr = {k: tr.stats[k] for k in ("network", "station", "location", "channel")}
+                hdr.update(sampling_rate=rate, starttime=UTCDateTime(ns=start_ns))
+                tr = Trace(data, header=hdr)
+            runs.append(_Run(tr))
+        self.ends[ch] = max(end, prev if prev is not None else end)
         self.last_sample_time = max(self.last_sample_time, end)
         if self.next_k is None:
             step_ns = round(self.step_s * 1e9)
-            self.next_k = -(-tr.stats.starttime.ns // step_ns)
+            self.next_k = -(-start_ns // step_ns)
         return gap
+
+    def restore_trace(self, tr: Trace) -> None:
+        """Put back data saved at a graceful stop (no duplicate or gap bookkeeping)."""
+        self.runs[tr.stats.channel].append(_Run(tr))
 
     def _data_end(self) -> float | None:
         """Newest time up to which every component has data (lagging ones are waited for a while)."""
@@ -85,14 +150,21 @@ class StationBuffer:
         waiting = [e for e in self.ends.values() if newest - e <= self.max_component_lag_s]
         return min(waiting)
 
+    def _last_k(self, k_first: int) -> int:
+        return chunk_windows(k_first, self.windows_per_chunk, self.phase)
+
     def cut(self, final: bool = False) -> list[tuple[Chunk, Stream]]:
         """Chunks whose data is complete; with ``final`` also the last, partial one."""
         out: list[tuple[Chunk, Stream]] = []
         data_end = self._data_end()
         if self.next_k is None or data_end is None:
             return out
-        dt = 1.0 / self._rate()
         step_ns = round(self.step_s * 1e9)
+        # Cheap test first: is even the next chunk complete?
+        k1 = self._last_k(self.next_k)
+        if not final and data_end < (k1 * step_ns) / 1e9 + self.window_s - 1.0001 / self._rate():
+            return out
+        dt = 1.0 / self._rate()
         while True:
             earliest = self._earliest()
             if earliest is None:
@@ -101,7 +173,7 @@ class StationBuffer:
             k_data = -(-round((earliest - dt / 2) * 1e9) // step_ns)
             self.next_k = max(self.next_k, k_data)
             k0 = self.next_k
-            k1 = chunk_windows(k0, self.windows_per_chunk)
+            k1 = self._last_k(k0)
             t0, t1 = data_span(k0, k1, self.step_s, self.window_s)
             complete = data_end >= t1.timestamp - dt * 1.0001
             if not complete:
@@ -131,41 +203,47 @@ class StationBuffer:
         return out
 
     def _rate(self) -> float:
-        for lst in self.traces.values():
-            if lst:
-                return lst[-1].stats.sampling_rate
+        for runs in self.runs.values():
+            if runs:
+                return runs[-1].rate
         return 100.0
 
     def _earliest(self) -> float | None:
-        starts = [tr.stats.starttime.timestamp for lst in self.traces.values() for tr in lst]
-        return min(starts) if starts else None
+        starts = [r.start_ns for runs in self.runs.values() for r in runs[:1]]
+        return min(starts) / 1e9 if starts else None
 
     def _slice(self, t0: UTCDateTime, t1: UTCDateTime) -> Stream:
+        """Samples with t0 <= time <= t1, one trace per contiguous run."""
         st = Stream()
-        for lst in self.traces.values():
-            for tr in lst:
-                if tr.stats.endtime < t0 or tr.stats.starttime > t1:
+        a_ns, b_ns = t0.ns, t1.ns
+        for runs in self.runs.values():
+            for r in runs:
+                if r.end_ns < a_ns or r.start_ns > b_ns:
                     continue
-                st += tr.slice(t0, t1, nearest_sample=False)
-        if len(st) > 1:
-            st.merge(method=1, fill_value=None)
-            st = st.split()
-        return Stream([tr for tr in st if tr.stats.npts > 0])
+                i0 = max(0, int(np.ceil(r.index(a_ns) - 1e-6)))
+                i1 = min(r.n - 1, int(np.floor(r.index(b_ns) + 1e-6)))
+                if i1 >= i0:
+                    st.append(r.trace(i0, i1))
+        return st
 
     def _trim(self, keep_from: UTCDateTime) -> None:
-        for ch, lst in self.traces.items():
+        k_ns = keep_from.ns
+        for ch, runs in self.runs.items():
             kept = []
-            for tr in lst:
-                if tr.stats.endtime < keep_from:
+            for r in runs:
+                if r.end_ns < k_ns:
                     continue
-                if tr.stats.starttime < keep_from:
-                    tr = tr.slice(keep_from, None, nearest_sample=False)
-                if tr.stats.npts:
-                    kept.append(tr)
-            self.traces[ch] = kept
+                if r.start_ns < k_ns:
+                    i0 = max(0, int(np.ceil(r.index(k_ns) - 1e-6)))
+                    data = r.data()[i0:]
+                    r.pieces, r.n = [data], len(data)
+                    r.start_ns += round(i0 * r.dt_ns)
+                if r.n:
+                    kept.append(r)
+            self.runs[ch] = kept
 
     def buffered_stream(self) -> Stream:
-        return Stream([tr for lst in self.traces.values() for tr in lst])
+        return Stream([r.trace(0, r.n - 1) for runs in self.runs.values() for r in runs if r.n])
 
 
 # ------------------------------------------------------------------- spool
@@ -240,6 +318,7 @@ class Feeder:
         self.buffers: dict[tuple[str, str], StationBuffer] = {}
         self.held: dict[tuple[str, str], list[dict]] = defaultdict(list)  # over the in-flight bound
         self.inbox: queue.Queue[Trace | None] = queue.Queue(maxsize=100_000)
+        self._samples: dict[str, int] = defaultdict(int)
         self.chunks_sent = 0
         self._feeds_done = 0
         self._load_state()
@@ -304,7 +383,7 @@ class Feeder:
                 log.error("feeder: buffered data %s is unreadable (%s); skipped", path, exc)
                 continue
             for tr in st:
-                b.traces[tr.stats.channel].append(tr)
+                b.restore_trace(tr)
                 n += 1
             path.unlink()
         return n
@@ -344,6 +423,11 @@ class Feeder:
         s = tr.stats
         if len(s.channel) < 3 or COMPONENT_MAP.get(s.channel[-1]) is None or tr.stats.npts == 0:
             return None
+        if np.ma.isMaskedArray(tr.data):
+            b = None
+            for piece in Stream([tr]).split():  # a trace with gaps: its pieces, gaps counted
+                b = self.add(piece) or b
+            return b
         station = f"{s.network}.{s.station}.{s.location}"
         if self.allowed and not any(fnmatch.fnmatchcase(station, pat) for pat in self.allowed):
             if station not in self.ignored:
@@ -361,14 +445,26 @@ class Feeder:
                 return None
         gap = b.add(tr)
         m = self.metrics
-        m.feed_samples_total.labels(station).inc(tr.stats.npts)
-        m.last_sample_timestamp_seconds.labels(station).set(b.last_sample_time)
-        m.feed_lag_seconds.labels(station).set(max(0.0, time.time() - b.last_sample_time))
+        # Counted here, published to the metrics once a second (per-trace label lookups
+        # cost more than the buffering itself at a thousand stations).
+        self._samples[station] += tr.stats.npts
         if gap is not None and gap > 0:
             m.feed_gaps_total.labels(station).inc()
             m.feed_gap_seconds_total.labels(station).inc(gap)
             log.warning("%s.%s: %.2f s gap in the feed", station, s.channel, gap)
         return b
+
+    def update_feed_metrics(self, now: float | None = None) -> None:
+        """Samples received, newest sample time and lag per station."""
+        now = time.time() if now is None else now
+        m = self.metrics
+        samples, self._samples = self._samples, defaultdict(int)
+        for station, n in samples.items():
+            m.feed_samples_total.labels(station).inc(n)
+        for b in self.buffers.values():
+            if b.last_sample_time:
+                m.last_sample_timestamp_seconds.labels(b.station).set(b.last_sample_time)
+                m.feed_lag_seconds.labels(b.station).set(max(0.0, now - b.last_sample_time))
 
     # ------------------------------------------------------------- output
     def _dispatch(self, msg: dict[str, Any]) -> None:
@@ -468,11 +564,7 @@ class Feeder:
                 now = time.time()
                 if now - last_housekeeping > 1.0:
                     self.flush_spool()
-                    for b in self.buffers.values():
-                        if b.last_sample_time:
-                            self.metrics.feed_lag_seconds.labels(b.station).set(
-                                max(0.0, now - b.last_sample_time)
-                            )
+                    self.update_feed_metrics(now)
                     self.save_state()
                     last_housekeeping = now
                 if until_feeds_end and self._feeds_done >= len(self.feeds) and self.inbox.empty():
@@ -480,6 +572,7 @@ class Feeder:
             if until_feeds_end and not stop.is_set():
                 self.finish()
         finally:
+            self.update_feed_metrics()
             if not (until_feeds_end and not stop.is_set()):
                 self.save_buffers()  # a stop, not the end of the data: keep what was not sent
             self.save_state()

@@ -74,6 +74,7 @@ class InProcessService:
             spool_dir=cfg.spool_dir,
             max_in_flight=cfg.max_in_flight,
             progress=self.state.progress,
+            stations=[s["id"] for s in cfg.stations],
         )
         self.metrics_port = metrics_port
 

@@ -21,6 +21,7 @@ import onnx
 import torch
 
 from detector.spec import SPEC_KEY, ModelSpec, Preparation, TriggerDefaults
+from detector.trigger import PLATEAU_DELTA
 
 from .metrics import binary_metrics
 from .pipeline import DetectorNet
@@ -141,8 +142,9 @@ def calibrate_onset_offset(model: DetectorNet, t, idx: np.ndarray, cfg: TrainCon
     """Where in a window the onset sits when the model is most sure: the median over events.
 
     Each validation event is cut with its onset at 0.3 .. 9.5 s into the window (in 0.1 s
-    steps); the offset of the most probable cut is that event's answer. Detections report
-    ``peak_time`` = peak window start + this offset, an onset estimate.
+    steps); the middle of the cuts within PLATEAU_DELTA of the highest probability is that
+    event's answer. Detections report ``peak_time`` = the start of the middle window of
+    their peak plateau + this offset: an onset estimate.
     """
     n, rate = cfg.model.window_samples, cfg.model.sampling_rate_hz
     offsets = np.arange(0.3, n / rate - 0.45, 0.1)
@@ -156,7 +158,8 @@ def calibrate_onset_offset(model: DetectorNet, t, idx: np.ndarray, cfg: TrainCon
             continue
         x = np.stack([t.windows[i, :, s : s + n] for s in starts[ok]])
         p = 1.0 - predict(model, x)[:, 0]
-        best.append(offsets[ok][int(np.argmax(p))])
+        # The middle of the near-peak plateau, as the trigger dates a detection.
+        best.append(float(np.median(offsets[ok][p >= p.max() - PLATEAU_DELTA])))
     if not best:
         lo, hi = cfg.augment.onset_range_s
         return round((lo + hi) / 2, 2)

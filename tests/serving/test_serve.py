@@ -87,7 +87,7 @@ def test_serve_without_config_replays_the_sample_and_finds_what_detect_finds(tmp
     assert res.exit_code == 0, res.output
     assert f"no --config: replaying the shipped sample ({len(sample_paths())} files)" in res.output
     want = local_detections(sample_paths())
-    assert len(want) >= 10
+    assert len(want) >= 3  # the sample's earthquakes, at least
     printed = ID.findall(res.output)
     assert sorted(printed) == sorted(d.id for d in want), "the same detections, each once"
     n_stations = len({tr.id.rsplit(".", 1)[0] for tr in read_all(sample_paths())})
