@@ -126,7 +126,9 @@ def test_broker_stopped_and_started_again_loses_nothing(tmp_path, reunion_and_nc
     srv = RedisServer(tmp_path / "redis", appendonly=True).start()  # persistent, as deploy/ runs it
     # A chunk a worker had taken when the broker died is redelivered after the visibility
     # timeout (300 s in production; short here so the test does not wait five minutes).
-    w = WorkerProcess(srv.url, tmp_path / "w.log", concurrency=2, QUAKESCAN_VISIBILITY_TIMEOUT_S="5").start()
+    w = WorkerProcess(
+        srv.url, tmp_path / "w.log", concurrency=2, QUAKESCAN_VISIBILITY_TIMEOUT_S="5"
+    ).start()
     st = Stream()
     for f in files:
         st += obspy.read(str(f))
