@@ -10,6 +10,7 @@ from celery import Celery
 from .config import QUEUE_BATCH, QUEUE_DETECT, ServiceConfig, load_config
 
 TASK_DETECT = "quakescan.detect_chunk"
+TASK_DETECT_MANY = "quakescan.detect_chunks"  # a list of chunks (of any stations) per task
 TASK_BATCH_DAY = "quakescan.batch_station_day"
 TASK_BATCH_FINALIZE = "quakescan.batch_finalize"
 
@@ -36,6 +37,7 @@ def make_app(cfg: ServiceConfig | None = None) -> Celery:
         task_default_queue=QUEUE_DETECT,
         task_routes={
             TASK_DETECT: {"queue": QUEUE_DETECT},
+            TASK_DETECT_MANY: {"queue": QUEUE_DETECT},
             TASK_BATCH_DAY: {"queue": QUEUE_BATCH},
             TASK_BATCH_FINALIZE: {"queue": QUEUE_BATCH},
         },

@@ -45,6 +45,13 @@ class RedisStream:
             self.name, {"data": json.dumps(msg)}, maxlen=self.maxlen, approximate=True
         ).decode()
 
+    def publish_many(self, msgs: list[dict[str, Any]]) -> list[str]:
+        """Several messages in one round trip (a pipeline; not a transaction)."""
+        pipe = self.r.pipeline(transaction=False)
+        for msg in msgs:
+            pipe.xadd(self.name, {"data": json.dumps(msg)}, maxlen=self.maxlen, approximate=True)
+        return [mid.decode() for mid in pipe.execute()]
+
     def ensure_group(self) -> None:
         try:
             self.r.xgroup_create(self.name, self.group, id="0", mkstream=True)
@@ -110,6 +117,9 @@ class MemoryStream:
             self.published.append(self._new[mid])
             self._cv.notify_all()
             return mid
+
+    def publish_many(self, msgs: list[dict[str, Any]]) -> list[str]:
+        return [self.publish(m) for m in msgs]
 
     def ensure_group(self) -> None:
         return None

@@ -201,16 +201,20 @@ def build_feeds(cfg, base_dir: Path | None = None) -> list:
     return feeds
 
 
-def celery_sender(app):
-    """send(msg) to the detect queue; broker trouble raises SendError (the feeder spools)."""
+def celery_sender(app, many: bool = False):
+    """send(msg) to the detect queue (or, with many=True, send(msgs) as one task);
+    broker trouble raises SendError (the feeder spools)."""
     from kombu.exceptions import OperationalError
 
-    from .app import TASK_DETECT
+    from .app import TASK_DETECT, TASK_DETECT_MANY
     from .feeder import SendError
 
-    def send(msg: dict) -> None:
+    def send(msg) -> None:
         try:
-            app.send_task(TASK_DETECT, args=[msg], queue="detect", retry=False)
+            if many:
+                app.send_task(TASK_DETECT_MANY, args=[msg], queue="detect", retry=False)
+            else:
+                app.send_task(TASK_DETECT, args=[msg], queue="detect", retry=False)
         except (OperationalError, ConnectionError, OSError) as exc:
             raise SendError(str(exc)) from None
         except Exception as exc:  # redis-py errors surface through kombu in several forms
@@ -287,6 +291,8 @@ def feed_cmd(config_file, until_done, metrics_port):
             max_in_flight=cfg.max_in_flight,
             progress=redis_progress(redis_client(cfg)),
             stations=[s["id"] for s in cfg.stations],
+            send_many=celery_sender(app, many=True) if cfg.batch_chunks > 1 else None,
+            batch_chunks=cfg.batch_chunks,
         )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
@@ -340,7 +346,7 @@ def sink_cmd(config_file, out_dir, consumer, metrics_port):
         RedisStream(client, PROB_STREAM),
         RedisDetections(client),
         RedisState(client),
-        CatalogFiles(cfg.out_dir, cfg.formats),
+        CatalogFiles(cfg.out_dir, cfg.formats, cfg.catalog_rewrite_s),
         metrics,
         consumer=consumer,
     )

@@ -55,6 +55,7 @@ class ServiceConfig:
     device: str = "auto"
     # feeder
     chunk_s: float = 10.0
+    batch_chunks: int = 32  # chunks (of any stations) per Celery task; 1 = one task per chunk
     max_in_flight: int = 4  # chunks per station sent and not yet processed
     spool_dir: str = "/var/lib/quakescan/spool"
     # worker
@@ -66,6 +67,9 @@ class ServiceConfig:
     concurrency: int | None = None
     # sink
     out_dir: str = "catalogs"
+    # CSV and QuakeML are rewritten whole from the day's detections; at most this often
+    # (JSON lines are appended at once; 0 rewrites on every detection).
+    catalog_rewrite_s: float = 30.0
     formats: tuple[str, ...] = ("quakeml", "csv", "jsonl")
     reorder_timeout_s: float = (
         600.0  # how long the sink waits for a missing chunk (> broker redelivery)
@@ -94,6 +98,10 @@ class ServiceConfig:
                 raise ConfigError(f"{name} {_redact(url)!r}: expected a redis:// or rediss:// URL")
         if not self.chunk_s > 0:
             raise ConfigError(f"chunk_s ({self.chunk_s}) must be > 0")
+        if self.batch_chunks < 1:
+            raise ConfigError(f"batch_chunks ({self.batch_chunks}) must be >= 1")
+        if self.catalog_rewrite_s < 0:
+            raise ConfigError(f"catalog_rewrite_s ({self.catalog_rewrite_s}) must be >= 0")
         if self.max_in_flight < 1:
             raise ConfigError(f"max_in_flight ({self.max_in_flight}) must be >= 1")
         if self.soft_time_limit_s >= self.time_limit_s:
@@ -177,6 +185,8 @@ _ENV = {
     "device": "QUAKESCAN_DEVICE",
     "metrics_port": "QUAKESCAN_METRICS_PORT",
     "visibility_timeout_s": "QUAKESCAN_VISIBILITY_TIMEOUT_S",
+    "batch_chunks": "QUAKESCAN_BATCH_CHUNKS",
+    "catalog_rewrite_s": "QUAKESCAN_CATALOG_REWRITE_S",
 }
 # Settings an operator may put in the TOML file's [service] table (no secrets).
 _TOML_KEYS = {
@@ -198,6 +208,8 @@ _TOML_KEYS = {
     "serializer",
     "concurrency",
     "visibility_timeout_s",
+    "batch_chunks",
+    "catalog_rewrite_s",
 }
 
 

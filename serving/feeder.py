@@ -286,7 +286,13 @@ class Spool:
 
 # ------------------------------------------------------------------ feeder
 class Feeder:
-    """Feeds -> station buffers -> chunks -> ``send`` (or the spool)."""
+    """Feeds -> station buffers -> chunks -> ``send`` (or the spool).
+
+    With ``send_many``, the chunks cut in one pass of the loop go out together, up
+    to ``batch_chunks`` per call (one Celery task for many stations' chunks: at a
+    thousand stations, a task per chunk costs the broker and the workers more than
+    the inference). Spooled chunks are re-sent one by one through ``send``.
+    """
 
     def __init__(
         self,
@@ -302,11 +308,15 @@ class Feeder:
         progress: Callable[[], dict[str, int]] | None = None,
         state_file: str | Path | None = None,
         stations: list[str] | None = None,
+        send_many: Callable[[list[dict[str, Any]]], None] | None = None,
+        batch_chunks: int = 32,
     ) -> None:
         n = round(chunk_s / step_s)
         if n < 1 or abs(n * step_s - chunk_s) > 1e-6:
             raise ValueError(f"chunk_s ({chunk_s}) must be a whole number of steps ({step_s} s)")
         self.feeds, self.send_fn, self.metrics = feeds, send, metrics
+        self.send_many, self.batch_chunks = send_many, max(1, batch_chunks)
+        self._outbox: list[dict[str, Any]] = []
         self.step_s, self.window_s, self.windows_per_chunk = step_s, window_s, n
         self.spool = Spool(spool_dir)
         self.max_in_flight = max_in_flight
@@ -472,14 +482,44 @@ class Feeder:
             self.spool.put(msg)  # keep order: older spooled chunks go first
             self.metrics.chunks_spooled.set(len(self.spool))
             return
+        if self.send_many is not None:
+            self._outbox.append(msg)
+            if len(self._outbox) >= self.batch_chunks:
+                self.flush_outbox()
+            return
         try:
             self.send_fn(msg)
-            self.chunks_sent += 1
-            self.metrics.chunks_sent_total.labels(msg["station"]).inc()
+            self._sent([msg])
         except SendError as exc:
+            self._spool([msg], exc)
+
+    def flush_outbox(self) -> None:
+        """Send the chunks gathered for ``send_many`` (spooled if the broker is away)."""
+        msgs, self._outbox = self._outbox, []
+        if not msgs:
+            return
+        if len(self.spool):
+            self._spool(msgs, None)
+            return
+        try:
+            for i in range(0, len(msgs), self.batch_chunks):
+                part = msgs[i : i + self.batch_chunks]
+                self.send_many(part)  # type: ignore[misc]
+                self._sent(part)
+        except SendError as exc:
+            self._spool(msgs[i:], exc)
+
+    def _sent(self, msgs: list[dict[str, Any]]) -> None:
+        self.chunks_sent += len(msgs)
+        for m in msgs:
+            self.metrics.chunks_sent_total.labels(m["station"]).inc()
+
+    def _spool(self, msgs: list[dict[str, Any]], exc: Exception | None) -> None:
+        if exc is not None:
             log.warning("broker unreachable (%s); spooling chunks to %s", exc, self.spool.dir)
-            self.spool.put(msg)
-            self.metrics.chunks_spooled.set(len(self.spool))
+        for m in msgs:
+            self.spool.put(m)
+        self.metrics.chunks_spooled.set(len(self.spool))
 
     def flush_spool(self) -> int:
         if not len(self.spool):
@@ -561,6 +601,7 @@ class Feeder:
                 for key, held in self.held.items():
                     if held and key not in touched:
                         self._release(self.buffers[key])
+                self.flush_outbox()
                 now = time.time()
                 if now - last_housekeeping > 1.0:
                     self.flush_spool()
@@ -572,6 +613,7 @@ class Feeder:
             if until_feeds_end and not stop.is_set():
                 self.finish()
         finally:
+            self.flush_outbox()  # cut chunks are sent or spooled, never dropped
             self.update_feed_metrics()
             if not (until_feeds_end and not stop.is_set()):
                 self.save_buffers()  # a stop, not the end of the data: keep what was not sent
@@ -586,6 +628,7 @@ class Feeder:
             self.flush_spool()
             for b in self.buffers.values():
                 self._release(b)
+            self.flush_outbox()
             if not len(self.spool) and not any(self.held.values()):
                 break
             time.sleep(0.2)

@@ -58,7 +58,7 @@ class InProcessService:
             self.probs,
             self.published,
             self.state,
-            CatalogFiles(cfg.out_dir, cfg.formats),
+            CatalogFiles(cfg.out_dir, cfg.formats, cfg.catalog_rewrite_s),
             self.metrics,
             spec=spec,
             startup_grace_s=0.5,
@@ -75,6 +75,8 @@ class InProcessService:
             max_in_flight=cfg.max_in_flight,
             progress=self.state.progress,
             stations=[s["id"] for s in cfg.stations],
+            send_many=celery_sender(self.app, many=True) if cfg.batch_chunks > 1 else None,
+            batch_chunks=cfg.batch_chunks,
         )
         self.metrics_port = metrics_port
 
@@ -128,7 +130,7 @@ class InProcessService:
                     time.sleep(0.1)
         finally:
             sink_stop.set()
-            st.join(10)
+            st.join(120)  # the sink writes the day's CSV and QuakeML as it stops
             worker_state.should_terminate = 0
             wt.join(10)
             worker_state.should_terminate = None

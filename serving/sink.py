@@ -49,20 +49,29 @@ return 0
 class CatalogFiles:
     """Daily catalogs under ``out_dir``: detections-YYYY-MM-DD.{jsonl,csv,xml}.
 
-    JSON lines are appended (the day's record of truth, also read back at start
-    to skip detections already written); CSV and QuakeML are rewritten
-    atomically from the day's detections.
+    JSON lines are appended at once (the day's record of truth, also read back at
+    start to skip detections already written); CSV and QuakeML are rewritten
+    atomically from the day's detections, at most every ``rewrite_every_s`` (a
+    rewrite of a busy day's QuakeML costs far more than a detection), when a
+    newer day begins, and on ``flush()`` (the sink calls it when it stops).
     """
 
     EXT = {"jsonl": "jsonl", "csv": "csv", "quakeml": "xml"}
 
     def __init__(
-        self, out_dir: str | Path, formats: tuple[str, ...] = ("quakeml", "csv", "jsonl")
+        self,
+        out_dir: str | Path,
+        formats: tuple[str, ...] = ("quakeml", "csv", "jsonl"),
+        rewrite_every_s: float = 30.0,
     ) -> None:
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.formats = formats
+        self.rewrite_every_s = rewrite_every_s
         self._days: dict[str, list[Detection]] = {}
+        self._ids: dict[str, set[str]] = {}
+        self._dirty: set[str] = set()
+        self._last_rewrite = 0.0
         self._lock = threading.Lock()
 
     def _path(self, day: str, fmt: str) -> Path:
@@ -72,31 +81,45 @@ class CatalogFiles:
         if day not in self._days:
             p = self._path(day, "jsonl")
             self._days[day] = read_jsonl(p) if p.exists() else []
+            self._ids[day] = {d.id for d in self._days[day]}
         return self._days[day]
 
     def write(self, dets: list[Detection]) -> list[Detection]:
         """Write the detections not already in their day's catalog; returns those written."""
         new: list[Detection] = []
         with self._lock:
-            touched = set()
             for d in dets:
                 day = d.start.strftime("%Y-%m-%d")
                 have = self._load(day)
-                if any(x.id == d.id for x in have):
+                if d.id in self._ids[day]:
                     continue
                 have.append(d)
-                touched.add(day)
+                self._ids[day].add(d.id)
                 new.append(d)
+                if self._dirty and day > max(self._dirty):
+                    self._rewrite()  # a new day: the days before it are written out now
+                self._dirty.add(day)
                 with open(self._path(day, "jsonl"), "a") as f:
                     f.write(json.dumps(detection_to_dict(d)) + "\n")
-                    f.flush()
-            for day in touched:
-                ds = sorted(self._days[day], key=lambda d: (d.start, d.station, d.id))
-                if "csv" in self.formats:
-                    write_csv(ds, self._path(day, "csv"))
-                if "quakeml" in self.formats:
-                    write_quakeml(ds, self._path(day, "quakeml"))
+            if time.time() - self._last_rewrite >= self.rewrite_every_s:
+                self._rewrite()
         return new
+
+    def flush(self, due_only: bool = False) -> None:
+        """Rewrite the CSV/QuakeML of days with new detections (only if due, with due_only)."""
+        with self._lock:
+            if not due_only or time.time() - self._last_rewrite >= self.rewrite_every_s:
+                self._rewrite()
+
+    def _rewrite(self) -> None:
+        for day in sorted(self._dirty):
+            ds = sorted(self._days[day], key=lambda d: (d.start, d.station, d.id))
+            if "csv" in self.formats:
+                write_csv(ds, self._path(day, "csv"))
+            if "quakeml" in self.formats:
+                write_quakeml(ds, self._path(day, "quakeml"))
+        self._dirty.clear()
+        self._last_rewrite = time.time()
 
     def all(self) -> list[Detection]:
         out = []
@@ -404,6 +427,13 @@ class Sink:
         """Until ``stop``: read, trigger, publish. Redis outages are waited out, not fatal."""
         import redis
 
+        try:
+            self._run(stop, idle_flush_s, redis)
+        finally:
+            if self.catalogs is not None:
+                self.catalogs.flush()  # CSV and QuakeML complete on a graceful stop
+
+    def _run(self, stop: threading.Event, idle_flush_s: float, redis) -> None:
         started, backoff, last_depth = False, 0.5, 0.0
         while not stop.is_set():
             try:
@@ -418,6 +448,8 @@ class Sink:
                 if now - last_depth > 5:
                     self.report_queues()
                     self.flush_idle(idle_flush_s)
+                    if self.catalogs is not None:
+                        self.catalogs.flush(due_only=True)
                     last_depth = now
                 backoff = 0.5
             except (redis.ConnectionError, redis.TimeoutError) as exc:

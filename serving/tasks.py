@@ -19,7 +19,7 @@ from celery.signals import worker_process_init
 
 from detector.core import Detector
 
-from .app import TASK_BATCH_DAY, TASK_BATCH_FINALIZE, TASK_DETECT
+from .app import TASK_BATCH_DAY, TASK_BATCH_FINALIZE, TASK_DETECT, TASK_DETECT_MANY
 from .bus import RedisStream, redis_client
 from .chunks import BadChunk, Chunk, chunk_probabilities, failure_message
 from .config import DEADLETTER, PROB_STREAM, ServiceConfig
@@ -110,8 +110,8 @@ def _fail(state: WorkerState, msg: Any, reason: str, error: str) -> dict[str, An
     return {"status": "failed", "reason": reason}
 
 
-def handle_chunk(state: WorkerState, msg: Any) -> dict[str, Any]:
-    """A chunk message in, its probabilities published; a bad chunk is dead-lettered."""
+def _probabilities(state: WorkerState, msg: Any) -> dict[str, Any] | dict[str, str]:
+    """One chunk's probabilities message (not yet published), or a failure (dead-lettered)."""
     try:
         chunk = Chunk.from_message(msg)
         result = chunk_probabilities(state.detector, chunk)
@@ -127,8 +127,49 @@ def handle_chunk(state: WorkerState, msg: Any) -> dict[str, Any]:
             m.inference_batch_size.labels(spec.name).observe(b)
     m.windows_total.labels(chunk.station, spec.name).inc(len(result.k))
     m.chunks_total.labels(chunk.station, "ok").inc()
-    state.bus.publish(result.to_message(state.name))
-    return {"status": "ok", "windows": int(len(result.k)), "chunk_id": chunk.id}
+    return result.to_message(state.name)
+
+
+def handle_chunk(state: WorkerState, msg: Any) -> dict[str, Any]:
+    """A chunk message in, its probabilities published; a bad chunk is dead-lettered."""
+    out = _probabilities(state, msg)
+    if out.get("status") == "failed":
+        return out
+    state.bus.publish(out)
+    return {"status": "ok", "windows": len(out["k"]), "chunk_id": out["chunk_id"]}
+
+
+def handle_chunks(state: WorkerState, msgs: Any) -> dict[str, Any]:
+    """Several chunks in one task: their probabilities published in one round trip.
+
+    A bad chunk is dead-lettered and the others go on; past the soft time limit
+    the chunks not yet done are failed (time_limit) and what was done is published.
+    """
+    if not isinstance(msgs, list):
+        return _fail(state, msgs, "bad_message", "detect_chunks expects a list of chunk messages")
+    done: list[dict[str, Any]] = []
+    failed = 0
+    i = 0
+    try:
+        for i, msg in enumerate(msgs):  # noqa: B007 (i is read after a time limit)
+            out = _probabilities(state, msg)
+            if out.get("status") == "failed":
+                failed += 1
+            else:
+                done.append(out)
+        i = len(msgs)
+    except SoftTimeLimitExceeded:
+        for msg in msgs[i:]:
+            _fail(
+                state,
+                msg,
+                "time_limit",
+                f"chunk batch took longer than {state.cfg.soft_time_limit_s} s",
+            )
+            failed += 1
+    if done:
+        state.bus.publish_many(done)
+    return {"status": "ok", "chunks": len(done), "failed": failed}
 
 
 @shared_task(
@@ -150,6 +191,21 @@ def detect_chunk(self, msg: dict[str, Any]) -> dict[str, Any]:
         return _fail(
             state, msg, "time_limit", f"chunk took longer than {state.cfg.soft_time_limit_s} s"
         )
+
+
+@shared_task(
+    bind=True,
+    name=TASK_DETECT_MANY,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+    autoretry_for=(redis.ConnectionError, redis.TimeoutError),
+    retry_backoff=True,
+    retry_backoff_max=60,
+    max_retries=20,
+)
+def detect_chunks(self, msgs: list[dict[str, Any]]) -> dict[str, Any]:
+    return handle_chunks(get_state(self.app), msgs)
 
 
 @shared_task(

@@ -53,6 +53,8 @@ class Pipeline:
             spool_dir=self.cfg.spool_dir,
             max_in_flight=max_in_flight,
             progress=redis_progress(self.client),
+            send_many=celery_sender(self.app, many=True) if self.cfg.batch_chunks > 1 else None,
+            batch_chunks=self.cfg.batch_chunks,
         )
         self.sink_stop = threading.Event()
         self.sink: Sink | None = None
@@ -64,7 +66,7 @@ class Pipeline:
             RedisStream(self.client, PROB_STREAM),
             RedisDetections(self.client),
             RedisState(self.client),
-            CatalogFiles(self.cfg.out_dir, self.cfg.formats),
+            CatalogFiles(self.cfg.out_dir, self.cfg.formats, self.cfg.catalog_rewrite_s),
             self.metrics,
             consumer=consumer,
             startup_grace_s=0.5,

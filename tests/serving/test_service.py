@@ -37,15 +37,17 @@ def _key(d):
     return (d.id, str(d.start), str(d.end), str(d.peak_time), d.peak_probability, d.label)
 
 
+@pytest.mark.parametrize("batch_chunks", [1, 32], ids=["task-per-chunk", "chunks-per-task"])
 def test_distributed_path_gives_exactly_the_local_detections(
-    clean_redis, worker_module, data_dir, tmp_path, local_detector
+    clean_redis, worker_module, data_dir, tmp_path, local_detector, batch_chunks
 ):
     files = _files(data_dir)
+    windows_before = local_detector.stats.windows  # the fixture's detector is shared
     local = local_detector.detect(
         obspy.read(str(data_dir / "ncal" / "*.mseed"))
         + obspy.read(str(data_dir / "reunion" / "*.mseed"))
     )
-    p = Pipeline(clean_redis, tmp_path, files, chunk_s=10.0)
+    p = Pipeline(clean_redis, tmp_path, files, chunk_s=10.0, batch_chunks=batch_chunks)
     p.start_sink()
     p.feed_all()
     p.wait_drained()
@@ -69,7 +71,7 @@ def test_distributed_path_gives_exactly_the_local_detections(
         for s in m.samples
         if s.name.endswith("_total")
     )
-    assert windows == local_detector.stats.windows
+    assert windows == local_detector.stats.windows - windows_before
 
 
 def test_corrupt_chunk_is_dead_lettered_and_the_rest_carries_on(
