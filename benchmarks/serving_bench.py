@@ -23,7 +23,7 @@ Run from the repository root:
 
     .venv/bin/python benchmarks/serving_bench.py                      # the sweep (about 3 min per N)
     .venv/bin/python benchmarks/serving_bench.py --quick              # smoke run: N = 20, 100 (~5 min)
-    .venv/bin/python benchmarks/serving_bench.py --stations 1000 --what-if all
+    .venv/bin/python benchmarks/serving_bench.py --stations 1000 --batch-chunks 1   # a task per chunk
     .venv/bin/python benchmarks/serving_bench.py --json benchmarks/results/serving.json
 
 Nothing here asserts a timing: the table prints PASS / FAIL against the target
@@ -35,9 +35,9 @@ chunk latency did not grow (median of the last third minus the first < 1 s).
 The machine is shared: the table's "others" column is the CPU the rest of the
 machine used meanwhile (from /proc/stat), so runs can be compared honestly.
 
-``--what-if`` runs the same pipeline with prototypes of proposed changes,
-monkeypatched into the feeder / worker / sink processes (``serving/`` is not
-changed); see WHAT_IFS and benchmarks/README.md.
+``--batch-chunks`` sets the chunks per Celery task (the service's ``batch_chunks``,
+default 32; 1 = one task per chunk) and ``--log-level`` the worker's log level, so
+their cost can be measured; everything else is the shipped code.
 """
 
 from __future__ import annotations
@@ -55,7 +55,6 @@ import sys
 import tempfile
 import threading
 import time
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -70,273 +69,6 @@ BENCH = Path(__file__).resolve()
 TARGET_STATIONS = 1000
 TARGET_P99_S = 2.0
 PY_SPY_RATE = 100  # samples per second
-
-WHAT_IFS = {
-    "fast-slice": "feeder: StationBuffer._slice joins contiguous packets with one "
-    "np.concatenate per channel (ObsPy slice+merge only for gaps/overlaps)",
-    "direct-mseed": "feeder+worker: miniSEED encode/decode through obspy.io.mseed.core "
-    "directly, skipping ObsPy's per-call plugin (entry point) lookup",
-    "stagger": "feeder: chunk boundaries staggered per station (a fixed phase from a "
-    "hash of the station id), so N stations' chunks do not all complete in the same second",
-    "quiet-log": "worker: Celery log level WARNING (no 'received'/'succeeded' line per task)",
-    "batch-tasks": "feeder+worker: up to BATCH_CHUNKS chunks (of any stations) per Celery task "
-    f"(sent every {int(1000 * 0.05)} ms or when full), their probabilities published in one "
-    "Redis pipeline",
-    "catalog-throttle": "sink: daily CSV/QuakeML rewritten at most every 30 s (JSON lines "
-    "still appended at once; duplicate check by a set of ids)",
-}
-BATCH_CHUNKS = 32
-BATCH_LINGER_S = 0.05
-TASK_DETECT_MANY = "quakescan.detect_chunks"
-
-
-# ============================================================== what-if patches
-def apply_what_ifs(names: list[str], role: str) -> list[str]:
-    """Monkeypatch prototypes of proposed changes into this process. Returns those applied."""
-    applied = []
-    if "fast-slice" in names and role == "feeder":
-        _patch_fast_slice()
-        applied.append("fast-slice")
-    if "direct-mseed" in names and role in ("feeder", "worker"):
-        _patch_direct_mseed()
-        applied.append("direct-mseed")
-    if "stagger" in names and role == "feeder":
-        _patch_stagger()
-        applied.append("stagger")
-    if "batch-tasks" in names and role in ("feeder", "worker"):
-        if role == "worker":
-            _patch_batch_task()
-        applied.append("batch-tasks")  # the feeder side is BatchingSender (role_feeder)
-    if "catalog-throttle" in names and role == "sink":
-        _patch_catalog_throttle()
-        applied.append("catalog-throttle")
-    return applied
-
-
-class BatchingSender:
-    """send(msg) for the Feeder: chunk messages grouped into one Celery task per batch."""
-
-    def __init__(
-        self, app, on_sent, max_chunks: int = BATCH_CHUNKS, linger_s: float = BATCH_LINGER_S
-    ):
-        self.app, self.on_sent, self.max, self.linger = app, on_sent, max_chunks, linger_s
-        self.buf: list[dict] = []
-        self.lock = threading.Lock()
-        threading.Thread(target=self._loop, daemon=True).start()
-
-    def __call__(self, msg: dict) -> None:
-        with self.lock:
-            self.buf.append(msg)
-            if len(self.buf) >= self.max:
-                self._flush()
-
-    def _loop(self) -> None:
-        while True:
-            time.sleep(self.linger)
-            with self.lock:
-                self._flush()
-
-    def _flush(self) -> None:
-        if not self.buf:
-            return
-        msgs, self.buf = self.buf, []
-        self.app.send_task(TASK_DETECT_MANY, args=[msgs], queue="detect", retry=False)
-        now = time.time()
-        for m in msgs:
-            self.on_sent(m, now)
-
-
-def _patch_batch_task() -> None:
-    """Register quakescan.detect_chunks: handle_chunk's work for a list of chunks, one XADD round trip."""
-    from celery import shared_task
-
-    import serving.chunks as chunks_mod
-    import serving.tasks as tasks
-
-    def _publish_results(bus, out: list[dict]) -> None:
-        pipe = bus.r.pipeline(transaction=False)
-        for o in out:
-            pipe.xadd(bus.name, {"data": json.dumps(o)}, maxlen=bus.maxlen, approximate=True)
-        pipe.execute()
-
-    @shared_task(
-        bind=True,
-        name=TASK_DETECT_MANY,
-        acks_late=True,
-        reject_on_worker_lost=True,
-        ignore_result=True,
-    )
-    def detect_chunks(self, msgs: list[dict]) -> dict:
-        state = tasks.get_state(self.app)
-        m, spec = state.metrics, state.detector.spec
-        out = []
-        for msg in msgs:
-            try:
-                chunk = chunks_mod.Chunk.from_message(msg)
-                result = chunks_mod.chunk_probabilities(state.detector, chunk)
-            except chunks_mod.BadChunk as exc:
-                tasks._fail(state, msg, exc.reason, str(exc))
-                continue
-            if result.batches:
-                m.inference_seconds.labels(spec.name, state.detector.provider).observe(
-                    result.inference_s / len(result.batches)
-                )
-                for b in result.batches:
-                    m.inference_batch_size.labels(spec.name).observe(b)
-            m.windows_total.labels(chunk.station, spec.name).inc(len(result.k))
-            m.chunks_total.labels(chunk.station, "ok").inc()
-            out.append(result.to_message(state.name))
-        if out:
-            _publish_results(state.bus, out)
-        return {"status": "ok", "chunks": len(out)}
-
-
-def _patch_catalog_throttle(every_s: float = 30.0) -> None:
-    import serving.sink as sink
-    from detector.catalog import detection_to_dict, write_csv, write_quakeml
-
-    def write(self, dets):
-        new = []
-        with self._lock:
-            ids = self.__dict__.setdefault("_ids", {})
-            dirty = self.__dict__.setdefault("_dirty", set())
-            for d in dets:
-                day = d.start.strftime("%Y-%m-%d")
-                have = self._load(day)
-                day_ids = ids.setdefault(day, {x.id for x in have})
-                if d.id in day_ids:
-                    continue
-                have.append(d)
-                day_ids.add(d.id)
-                dirty.add(day)
-                new.append(d)
-                with open(self._path(day, "jsonl"), "a") as f:
-                    f.write(json.dumps(detection_to_dict(d)) + "\n")
-            now = time.time()
-            if dirty and now - self.__dict__.get("_last_rewrite", 0.0) >= every_s:
-                for day in dirty:
-                    ds = sorted(self._days[day], key=lambda d: (d.start, d.station, d.id))
-                    if "csv" in self.formats:
-                        write_csv(ds, self._path(day, "csv"))
-                    if "quakeml" in self.formats:
-                        write_quakeml(ds, self._path(day, "quakeml"))
-                dirty.clear()
-                self._last_rewrite = now
-        return new
-
-    sink.CatalogFiles.write = write
-
-
-def _patch_fast_slice() -> None:
-    from obspy import Stream, Trace
-
-    import serving.feeder as feeder
-
-    orig = feeder.StationBuffer._slice
-
-    def contiguous(sel) -> bool:
-        s0 = sel[0].stats
-        sr, dtype = s0.sampling_rate, sel[0].data.dtype
-        dt_ns = 1e9 / sr
-        prev_end = None
-        for tr in sel:
-            s = tr.stats
-            if s.sampling_rate != sr or np.ma.isMaskedArray(tr.data) or tr.data.dtype != dtype:
-                return False
-            start = s.starttime.ns
-            if prev_end is not None and abs(start - prev_end - dt_ns) > 0.01 * dt_ns:
-                return False
-            prev_end = start + round((s.npts - 1) * dt_ns)
-        return True
-
-    def fast_slice(self, t0, t1):
-        out = []
-        for lst in self.traces.values():
-            sel = [tr for tr in lst if not (tr.stats.endtime < t0 or tr.stats.starttime > t1)]
-            if not sel:
-                continue
-            if len(sel) == 1 or not contiguous(sel):
-                return orig(self, t0, t1)  # gaps, overlaps, odd pieces: ObsPy's merge
-            first = sel[0]
-            sr = first.stats.sampling_rate
-            # Trace.slice(nearest_sample=False): first sample at/after t0, last at/before t1.
-            i0 = max(0, int(math.ceil(round((t0 - first.stats.starttime) * sr, 7))))
-            n = sum(tr.stats.npts for tr in sel)
-            i1 = min(n - 1, int(math.floor(round((t1 - first.stats.starttime) * sr, 7))))
-            if i1 < i0:
-                continue
-            data = np.concatenate([tr.data for tr in sel])[i0 : i1 + 1]
-            hdr = {
-                k: first.stats[k]
-                for k in ("network", "station", "location", "channel", "sampling_rate")
-            }
-            hdr["starttime"] = first.stats.starttime + i0 / sr
-            out.append(Trace(data, header=hdr))
-        out.sort(key=lambda tr: (tr.id, tr.stats.starttime))
-        return Stream(out)
-
-    feeder.StationBuffer._slice = fast_slice
-
-
-def _patch_direct_mseed() -> None:
-    import io
-
-    from obspy import Stream
-    from obspy.io.mseed.core import _read_mseed, _write_mseed
-
-    import serving.chunks as chunks
-    import serving.feeder as feeder
-
-    def stream_to_mseed(st):
-        buf = io.BytesIO()
-        st = st.copy()
-        for tr in st:
-            if np.ma.isMaskedArray(tr.data):
-                raise ValueError(f"{tr.id}: split gaps before encoding")
-            if tr.data.dtype.kind in "iu":
-                tr.data = tr.data.astype(np.int32)
-            elif tr.data.dtype != np.float64:
-                tr.data = tr.data.astype(np.float32)
-        encoding = "STEIM2" if all(tr.data.dtype == np.int32 for tr in st) else None
-        _write_mseed(st, buf, encoding=encoding, reclen=4096)
-        return buf.getvalue()
-
-    def mseed_to_stream(data):
-        try:
-            st = _read_mseed(io.BytesIO(data))
-        except Exception as exc:
-            raise chunks.BadChunk(
-                f"chunk payload is not readable miniSEED ({type(exc).__name__}: {exc})"
-            ) from None
-        if not len(st):
-            raise chunks.BadChunk("chunk payload holds no data")
-        return Stream(list(st))
-
-    chunks.stream_to_mseed = stream_to_mseed
-    chunks.mseed_to_stream = mseed_to_stream
-    feeder.stream_to_mseed = stream_to_mseed
-
-
-def _patch_stagger() -> None:
-    import serving.feeder as feeder
-
-    base_cut = feeder.StationBuffer.cut
-    plain = feeder.chunk_windows
-
-    def cut(self, final: bool = False):
-        n = self.windows_per_chunk
-        phase = zlib.crc32(f"{self.station}|{self.channel_prefix}".encode()) % n
-
-        def staggered(k_first: int, chunk_windows_n: int) -> int:
-            return ((k_first - phase) // chunk_windows_n + 1) * chunk_windows_n - 1 + phase
-
-        feeder.chunk_windows = staggered  # the feeder loop is single-threaded
-        try:
-            return base_cut(self, final)
-        finally:
-            feeder.chunk_windows = plain
-
-    feeder.StationBuffer.cut = cut
 
 
 # ================================================================ station data
@@ -454,6 +186,7 @@ def _role_config(args, tmp: Path):
             "out_dir": str(tmp / "catalogs"),
             "chunk_s": args.chunk_s,
             "max_in_flight": args.max_in_flight,
+            "batch_chunks": args.batch_chunks,
         },
         env=env,
     )
@@ -461,7 +194,6 @@ def _role_config(args, tmp: Path):
 
 def role_feeder(args) -> None:
     """The feeder process: RealtimeFeed -> Feeder -> Celery detect queue (quakescan feed's wiring)."""
-    applied = apply_what_ifs(args.what_if, "feeder")
     from prometheus_client import CollectorRegistry
 
     from serving.app import make_app
@@ -477,16 +209,16 @@ def role_feeder(args) -> None:
     data = StationData(Path(args.data_dir), args.n, args.event_fraction)
     feed = RealtimeFeed(data, stop_at=args.until)
     sent: list[tuple[str, int, float, float]] = []  # station, seq, last sample, sent
-    if "batch-tasks" in args.what_if:
-        timed_send = BatchingSender(
-            app, lambda m, t: sent.append((m["station"], m["seq"], m["last_sample_time"], t))
-        )
-    else:
-        send = celery_sender(app)
+    send, send_many = celery_sender(app), celery_sender(app, many=True)
 
-        def timed_send(msg: dict) -> None:
-            send(msg)
-            sent.append((msg["station"], msg["seq"], msg["last_sample_time"], time.time()))
+    def timed_send(msg: dict) -> None:
+        send(msg)
+        sent.append((msg["station"], msg["seq"], msg["last_sample_time"], time.time()))
+
+    def timed_send_many(msgs: list[dict]) -> None:
+        send_many(msgs)
+        now = time.time()
+        sent.extend((m["station"], m["seq"], m["last_sample_time"], now) for m in msgs)
 
     feeder = Feeder(
         [feed],
@@ -498,6 +230,8 @@ def role_feeder(args) -> None:
         spool_dir=cfg.spool_dir,
         max_in_flight=cfg.max_in_flight,
         progress=redis_progress(redis_client(cfg)),
+        send_many=timed_send_many if cfg.batch_chunks > 1 else None,
+        batch_chunks=cfg.batch_chunks,
     )
     samples: list[tuple[float, int, int]] = []  # time, inbox size, held chunks
     stop = threading.Event()
@@ -523,7 +257,6 @@ def role_feeder(args) -> None:
         prof.dump_stats(str(Path(args.profile) / "feeder.prof"))
     held_end = sum(len(h) for h in feeder.held.values())
     out = {
-        "applied": applied,
         "stations": [s for s, _, _ in data.stations],
         "data": data.describe(),
         "sent": sent,
@@ -549,7 +282,6 @@ class _Recorder:
 
 def role_sink(args) -> None:
     """The sink process: quakescan sink's wiring, with the latency histograms recorded."""
-    apply_what_ifs(args.what_if, "sink")
     from prometheus_client import CollectorRegistry
 
     from serving.bus import RedisStream, redis_client
@@ -595,7 +327,7 @@ def role_sink(args) -> None:
         RedisStream(client, PROB_STREAM),
         RedisDetections(client),
         RedisState(client),
-        CatalogFiles(cfg.out_dir, cfg.formats),
+        CatalogFiles(cfg.out_dir, cfg.formats, cfg.catalog_rewrite_s),
         metrics,
     )
     stop = threading.Event()
@@ -718,7 +450,7 @@ class Services:
             QUAKESCAN_BROKER_URL=self.broker,
             QUAKESCAN_RESULT_BACKEND=self.broker.rsplit("/", 1)[0] + "/1",
             QUAKESCAN_REDIS_URL=self.broker,
-            QUAKESCAN_LOG_LEVEL="WARNING" if "quiet-log" in self.args.what_if else "INFO",
+            QUAKESCAN_LOG_LEVEL=self.args.log_level,
             PYTHONUNBUFFERED="1",
             PYTHONPATH=str(REPO),
         )
@@ -762,26 +494,17 @@ class Services:
         mp.mkdir(exist_ok=True)
         argv = ["worker", "-c", str(self.args.concurrency), "--metrics-port", "0"]
         argv += ["-n", f"bench{os.getpid()}-{time.time_ns()}@%h"]
-        wi = [w for w in self.args.what_if if w in ("direct-mseed", "batch-tasks")]
-        if wi:
-            code = (
-                f"import sys; sys.path.insert(0, {str(BENCH.parent)!r}); import serving_bench as b; "
-                f"b.apply_what_ifs({wi!r}, 'worker'); from serving.cli import main; main()"
-            )
-            cmd = [sys.executable, "-c", code, *argv]
-        else:
-            cmd = [sys.executable, "-m", "serving.cli", *argv]
+        cmd = [sys.executable, "-m", "serving.cli", *argv]
         p = self._popen("worker", cmd, self.env(PROMETHEUS_MULTIPROC_DIR=str(mp)))
         deadline = time.time() + 90
         while time.time() < deadline:
             if p.poll() is not None:
                 raise RuntimeError(f"worker exited:\n{self.logs['worker'].read_text()[-3000:]}")
             kids = children(p.pid)
-            ready = (
-                b"ready." in self.logs["worker"].read_bytes() or "quiet-log" in self.args.what_if
-            )
+            quiet = self.args.log_level.upper() not in ("INFO", "DEBUG")  # no "ready." line
+            ready = quiet or b"ready." in self.logs["worker"].read_bytes()
             if ready and len(kids) >= self.args.concurrency:
-                time.sleep(1.0 if "quiet-log" not in self.args.what_if else 4.0)
+                time.sleep(4.0 if quiet else 1.0)
                 return
             time.sleep(0.2)
         raise RuntimeError("worker not ready in 90 s")
@@ -793,8 +516,7 @@ class Services:
         cmd += ["--max-in-flight", str(self.args.max_in_flight)]
         cmd += ["--event-fraction", repr(self.args.event_fraction)]
         cmd += ["--data-dir", str(self.args.data_dir)]
-        if self.args.what_if:
-            cmd += ["--what-if", ",".join(self.args.what_if)]
+        cmd += ["--batch-chunks", str(self.args.batch_chunks)]
         if self.args.profile and not self.args.py_spy:
             d = Path(self.args.profile_dir) / f"n{self.n}-chunk{self.chunk_s:g}"
             d.mkdir(parents=True, exist_ok=True)
@@ -1151,8 +873,7 @@ def analyse(args, n, chunk_s, fd, sk, samples, until, t_feed0) -> dict[str, Any]
         "stations": n,
         "event_stations": fd["data"]["event_stations"],
         "chunk_s": chunk_s,
-        "what_if": list(args.what_if),
-        "feeder_applied": fd["applied"],
+        "batch_chunks": args.batch_chunks,
         "window_s": round(w1 - w0, 1),
         "windows_per_s": round(windows / args.duration, 1),
         "chunks_per_s": round(len(got) / args.duration, 2),
@@ -1215,7 +936,7 @@ def fmt(x, nd=2) -> str:
 
 def print_table(results: list[dict[str, Any]]) -> None:
     hdr = (
-        "stations | chunk s | what-if | windows/s | chunks/s | chunk lat p50 / p99 s | "
+        "stations | chunk s | chunks/task | windows/s | chunks/s | chunk lat p50 / p99 s | "
         "detection lat p50 / p99 s (n) | detect queue max | feeder lag p99 s | feed late max s | "
         "CPU % feeder / workers / sink / redis (others) | sustained | target"
     )
@@ -1230,7 +951,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
                 [
                     str(r["stations"]),
                     fmt(r["chunk_s"], 0),
-                    ",".join(r["what_if"]) or "-",
+                    str(r["batch_chunks"]),
                     fmt(r["windows_per_s"], 0),
                     fmt(r["chunks_per_s"], 1),
                     f"{fmt(cl['p50'])} / {fmt(cl['p99'])}",
@@ -1259,7 +980,7 @@ def print_breakdown(results: list[dict[str, Any]]) -> None:
         cms = {k: 10 * v / cps for k, v in cpu.items()} if cps else {}
         cores = sum(cpu.values()) / 100 * 1000 / r["stations"] if cpu else None
         print(
-            f"  N={r['stations']} chunk {fmt(r['chunk_s'], 0)} s, what-if: {','.join(r['what_if']) or '-'}\n"
+            f"  N={r['stations']} chunk {fmt(r['chunk_s'], 0)} s, {r['batch_chunks']} chunks/task\n"
             f"      latency: feeder {fmt(b50['feeder'])} / {fmt(b99['feeder'])}"
             f", queue+worker {fmt(b50['queue_worker'])} / {fmt(b99['queue_worker'])}"
             f", sink {fmt(b50['sink'])} / {fmt(b99['sink'])}"
@@ -1299,7 +1020,10 @@ def parse_args(argv=None):
         help="stations looping earthquake records [0.02]",
     )
     ap.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
-    ap.add_argument("--what-if", default="", help=f"comma list of {', '.join(WHAT_IFS)}, or 'all'")
+    ap.add_argument(
+        "--batch-chunks", type=int, default=32, help="chunks per Celery task [32, the default]"
+    )
+    ap.add_argument("--log-level", default="INFO", help="worker log level [INFO, the default]")
     ap.add_argument("--keep-going", action="store_true", help="sweep on after an unsustained N")
     ap.add_argument(
         "--profile",
@@ -1323,14 +1047,6 @@ def parse_args(argv=None):
     ap.add_argument("--_until", dest="until", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--_profile", dest="profile_out", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    args.what_if = (
-        list(WHAT_IFS)
-        if args.what_if == "all"
-        else [w.strip() for w in args.what_if.split(",") if w.strip()]
-    )
-    bad = [w for w in args.what_if if w not in WHAT_IFS]
-    if bad:
-        ap.error(f"unknown --what-if {', '.join(bad)}; choose from {', '.join(WHAT_IFS)}")
     if args.quick:
         args.stations, args.warmup, args.duration, args.drain = "20,100", 15.0, 40.0, 20.0
     return args
@@ -1355,9 +1071,6 @@ def main(argv=None) -> None:
         f"celery {m.get('celery')}, redis-server {m['redis_server']}"
     )
     print(f"load average at start: {os.getloadavg()}")
-    if args.what_if:
-        for w in args.what_if:
-            print(f"what-if {w}: {WHAT_IFS[w]}")
     results = []
     ns = [int(x) for x in args.stations.split(",") if x.strip()]
     chunk_ss = [float(x) for x in str(args.chunk_s).split(",") if x.strip()]
@@ -1379,7 +1092,8 @@ def main(argv=None) -> None:
     print(
         f"machine: {m['cpu']}, {m['usable_cpus']} CPUs, {m['ram_gb']} GB RAM; onnxruntime "
         f"{m['onnxruntime']}, provider {m['provider']}; worker -c {args.concurrency}, "
-        f"max_in_flight {args.max_in_flight}, step 1 s, window 10 s"
+        f"max_in_flight {args.max_in_flight}, {args.batch_chunks} chunks/task, worker log {args.log_level}, "
+        "step 1 s, window 10 s"
     )
     print_table(results)
     print_breakdown(results)
@@ -1391,7 +1105,7 @@ def main(argv=None) -> None:
     for r in results:
         if r.get("profile"):
             print(
-                f"\nprofile, N={r['stations']} chunk {r['chunk_s']:g} s {','.join(r['what_if'])}:"
+                f"\nprofile, N={r['stations']} chunk {r['chunk_s']:g} s, {r['batch_chunks']} chunks/task:"
             )
             print_profile(r["profile"])
     if args.profile:
