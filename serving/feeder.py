@@ -14,10 +14,9 @@ import fnmatch
 import json
 import logging
 import os
-import queue
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from obspy import Stream, Trace, UTCDateTime
 
 from detector.prepare import COMPONENT_MAP
 
-from .chunks import Chunk, chunk_windows, data_span, stream_to_mseed
+from .chunks import Chunk, chunk_phase, chunk_windows, data_span, stream_to_mseed
 from .feeds import Feed
 from .metrics import Metrics
 
@@ -285,6 +284,51 @@ class Spool:
 
 
 # ------------------------------------------------------------------ feeder
+class Inbox:
+    """Traces from the feed threads to the feeder loop.
+
+    A deque (append and popleft are atomic) polled by the loop every 5 ms, rather
+    than a queue.Queue: at a thousand stations (3,000 traces a second, arriving in
+    a burst) the Queue's lock, taken by both threads for every trace, was contended
+    on most gets (about 70 us each in a profile). Bounded: a feed waits while it is full.
+    """
+
+    POLL_S = 0.005
+
+    def __init__(self, maxsize: int = 100_000) -> None:
+        self.q: deque[Trace | None] = deque()
+        self.maxsize = maxsize
+
+    def put(self, item: Trace | None) -> None:
+        while len(self.q) >= self.maxsize:
+            time.sleep(0.01)
+        self.q.append(item)
+
+    def wait(self, timeout: float) -> bool:
+        """True as soon as something is in the inbox; False after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while not self.q:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(self.POLL_S)
+        return True
+
+    def drain(self):
+        """Yield what is in the inbox now (what arrives meanwhile waits for the next pass)."""
+        q = self.q
+        for _ in range(len(q)):
+            yield q.popleft()
+
+    def qsize(self) -> int:
+        return len(self.q)
+
+    def empty(self) -> bool:
+        return not self.q
+
+
+OUTBOX_LINGER_S = 0.05  # longest a cut chunk waits for others to share its Celery task
+
+
 class Feeder:
     """Feeds -> station buffers -> chunks -> ``send`` (or the spool).
 
@@ -317,6 +361,7 @@ class Feeder:
         self.feeds, self.send_fn, self.metrics = feeds, send, metrics
         self.send_many, self.batch_chunks = send_many, max(1, batch_chunks)
         self._outbox: list[dict[str, Any]] = []
+        self._outbox_t0 = 0.0
         self.step_s, self.window_s, self.windows_per_chunk = step_s, window_s, n
         self.spool = Spool(spool_dir)
         self.max_in_flight = max_in_flight
@@ -327,7 +372,7 @@ class Feeder:
         self.ignored: set[str] = set()
         self.buffers: dict[tuple[str, str], StationBuffer] = {}
         self.held: dict[tuple[str, str], list[dict]] = defaultdict(list)  # over the in-flight bound
-        self.inbox: queue.Queue[Trace | None] = queue.Queue(maxsize=100_000)
+        self.inbox = Inbox(maxsize=100_000)
         self._samples: dict[str, int] = defaultdict(int)
         self.chunks_sent = 0
         self._feeds_done = 0
@@ -420,7 +465,12 @@ class Feeder:
         b = self.buffers.get(key)
         if b is None:
             b = self.buffers[key] = StationBuffer(
-                station, prefix, self.step_s, self.window_s, self.windows_per_chunk
+                station,
+                prefix,
+                self.step_s,
+                self.window_s,
+                self.windows_per_chunk,
+                phase=chunk_phase(station, prefix, self.windows_per_chunk),
             )
         return b
 
@@ -483,6 +533,8 @@ class Feeder:
             self.metrics.chunks_spooled.set(len(self.spool))
             return
         if self.send_many is not None:
+            if not self._outbox:
+                self._outbox_t0 = time.time()
             self._outbox.append(msg)
             if len(self._outbox) >= self.batch_chunks:
                 self.flush_outbox()
@@ -548,9 +600,11 @@ class Feeder:
             msg["final"] = False
             self.held[(b.station, b.channel_prefix)].append(msg)
             n += 1
-        if final and self.held[(b.station, b.channel_prefix)]:
-            self.held[(b.station, b.channel_prefix)][-1]["final"] = True
-        self._release(b)
+        held = self.held[(b.station, b.channel_prefix)]
+        if final and held:
+            held[-1]["final"] = True
+        if n or held:
+            self._release(b)
         return n
 
     def _release(self, b: StationBuffer) -> None:
@@ -583,23 +637,20 @@ class Feeder:
         last_housekeeping = 0.0
         try:
             while not stop.is_set():
-                touched = set()
-                try:
-                    item = self.inbox.get(timeout=0.2)
-                    while True:
-                        if item is None:
-                            self._feeds_done += 1
-                        else:
-                            b = self.add(item)
-                            if b is not None:
-                                touched.add((b.station, b.channel_prefix))
-                        item = self.inbox.get_nowait()
-                except queue.Empty:
-                    pass
-                for key in touched:
-                    self.cut_and_send(self.buffers[key])
+                self.inbox.wait(0.2)
+                for item in self.inbox.drain():
+                    if item is None:
+                        self._feeds_done += 1
+                        continue
+                    b = self.add(item)
+                    if b is not None:
+                        # Cut as soon as a chunk is complete, not after the whole burst
+                        # of a thousand stations' packets has been buffered.
+                        self.cut_and_send(b)
+                    if self._outbox and time.time() - self._outbox_t0 > OUTBOX_LINGER_S:
+                        self.flush_outbox()
                 for key, held in self.held.items():
-                    if held and key not in touched:
+                    if held:
                         self._release(self.buffers[key])
                 self.flush_outbox()
                 now = time.time()

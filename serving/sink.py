@@ -226,6 +226,7 @@ class Sink:
     ) -> None:
         self.cfg, self.source, self.publisher, self.store = cfg, source, publisher, state_store
         self.catalogs, self.metrics, self.consumer = catalogs, metrics, consumer
+        self.started_at = clock()
         self.spec = spec or OnnxModel(cfg.model, device="cpu", threads=1).spec
         s = self.spec
         self.params = TriggerParams(
@@ -328,9 +329,18 @@ class Sink:
             if not s.buffer:
                 continue
             if s.last_seq is None:
+                # A station new to this sink whose chunk 0 has not come: if the sink has
+                # just started, it may have joined a stream whose start is gone (wait the
+                # short startup grace); otherwise chunk 0 is in flight (a worker died
+                # with it, or it waits in the queue) and is waited for like any other.
+                grace = (
+                    self.startup_grace_s
+                    if s.first_seen - self.started_at < self.startup_grace_s
+                    else self.cfg.reorder_timeout_s
+                )
                 if 0 in s.buffer:
                     s.last_seq = -1
-                elif now - s.first_seen >= self.startup_grace_s:
+                elif now - s.first_seen >= grace:
                     s.last_seq = min(s.buffer) - 1
                     log.warning(
                         "%s: first chunk seen is seq %d; starting there", key, s.last_seq + 1
@@ -427,6 +437,7 @@ class Sink:
         """Until ``stop``: read, trigger, publish. Redis outages are waited out, not fatal."""
         import redis
 
+        self.started_at = self.clock()
         try:
             self._run(stop, idle_flush_s, redis)
         finally:

@@ -1,5 +1,6 @@
-"""The sink's daily catalogs: JSON lines at once, CSV and QuakeML rewritten on a
-timer, at a new day and when the sink stops; a detection written twice is kept once."""
+"""The sink: daily catalogs (JSON lines at once, CSV and QuakeML rewritten on a
+timer, at a new day and on stop; a detection written twice kept once) and the order
+of a new station's chunks."""
 
 from __future__ import annotations
 
@@ -74,3 +75,68 @@ def test_the_sink_completes_csv_and_quakeml_when_it_stops(tmp_path):
     stop.set()
     t.join(30)
     assert later.id in {d.id for d in read_csv(tmp_path / "detections-2024-05-01.csv")}
+
+
+# ------------------------------------------------ the order of a new station's chunks
+def _probs_msg(seq: int, k0: int, n: int = 10) -> dict:
+    return {
+        "status": "ok",
+        "station": "XX.NEW.",
+        "channel_prefix": "HH",
+        "seq": seq,
+        "k": list(range(k0, k0 + n)),
+        "probs": [[0.99, 0.01]] * n,
+        "last_sample_time": float(k0 + n + 9),
+        "final": False,
+    }
+
+
+def _windows(sink) -> float:
+    return sum(
+        s.value
+        for m in sink.metrics.sink_windows_total.collect()
+        for s in m.samples
+        if s.name.endswith("_total")
+    )
+
+
+def _sink(clock):
+    from prometheus_client import CollectorRegistry
+
+    src = MemoryStream()
+    sink = Sink(
+        ServiceConfig(broker_url="memory://", reorder_timeout_s=600.0),
+        src,
+        MemoryDetections(),
+        MemoryState(),
+        None,
+        Metrics(CollectorRegistry()),
+        startup_grace_s=5.0,
+        clock=clock,
+    )
+    return src, sink
+
+
+def test_a_new_station_whose_first_chunk_is_late_waits_for_it():
+    """A worker died with a new station's chunk 0 while chunk 1 went through: the
+    sink, running for a while, waits for chunk 0 rather than starting at chunk 1."""
+    now = [1000.0]
+    src, sink = _sink(lambda: now[0])
+    now[0] += 60  # the sink has been up a minute
+    src.publish(_probs_msg(1, 10))
+    sink.step(block_ms=10)
+    now[0] += 30  # chunk 0 is redelivered half a minute later
+    sink.step(block_ms=10)
+    src.publish(_probs_msg(0, 0))
+    sink.step(block_ms=10)
+    assert _windows(sink) == 20, "both chunks' windows reached the trigger"
+
+
+def test_a_sink_that_joins_a_running_stream_starts_at_the_first_chunk_it_sees():
+    now = [1000.0]
+    src, sink = _sink(lambda: now[0])
+    src.publish(_probs_msg(500, 5000))
+    sink.step(block_ms=10)
+    now[0] += 6  # after the startup grace: chunks before 500 are not coming
+    sink.step(block_ms=10)
+    assert _windows(sink) == 10
