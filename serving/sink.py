@@ -310,8 +310,20 @@ class Sink:
                 )
             seq = msg["seq"]
             if s.last_seq is not None and seq <= s.last_seq:
-                ack_now.append(mid)  # a redelivered chunk: its windows are already in
-                continue
+                last_k = s.trigger.last_k
+                if seq == 0 and not s.buffer and msg.get("k_first", -1) > (last_k or -1):
+                    # Chunk 0 again, but of windows never seen: a feeder that restarted
+                    # without its state file. Follow its new numbering, do not drop it.
+                    log.warning(
+                        "%s: chunk 0 again with new windows (from k %s): the feeder restarted "
+                        "without its state; following its new numbering",
+                        key,
+                        msg.get("k_first"),
+                    )
+                    s.last_seq = -1
+                else:
+                    ack_now.append(mid)  # a redelivered chunk: its windows are already in
+                    continue
             if seq in s.buffer:
                 if s.buffer[seq][0] != mid:
                     ack_now.append(mid)  # the same chunk done twice; one copy waits in the buffer

@@ -81,6 +81,8 @@ def test_the_sink_completes_csv_and_quakeml_when_it_stops(tmp_path):
 def _probs_msg(seq: int, k0: int, n: int = 10) -> dict:
     return {
         "status": "ok",
+        "k_first": k0,
+        "k_last": k0 + n - 1,
         "station": "XX.NEW.",
         "channel_prefix": "HH",
         "seq": seq,
@@ -140,3 +142,20 @@ def test_a_sink_that_joins_a_running_stream_starts_at_the_first_chunk_it_sees():
     now[0] += 6  # after the startup grace: chunks before 500 are not coming
     sink.step(block_ms=10)
     assert _windows(sink) == 10
+
+
+def test_a_feeder_that_lost_its_state_is_followed_not_dropped():
+    """Sequence numbers start at 0 again (the feeder's state file was lost) with
+    windows the sink has never seen: they are processed; a true redelivery is not."""
+    now = [1000.0]
+    src, sink = _sink(lambda: now[0])
+    for seq in range(3):
+        src.publish(_probs_msg(seq, 10 * seq))
+    sink.step(block_ms=10)
+    src.publish(_probs_msg(1, 10))  # a redelivered chunk: already in
+    sink.step(block_ms=10)
+    assert _windows(sink) == 30
+    src.publish(_probs_msg(0, 30))  # the restarted feeder's first chunk
+    src.publish(_probs_msg(1, 40))
+    sink.step(block_ms=10)
+    assert _windows(sink) == 50
