@@ -332,8 +332,8 @@ OUTBOX_LINGER_S = 0.05  # longest a cut chunk waits for others to share its Cele
 class Feeder:
     """Feeds -> station buffers -> chunks -> ``send`` (or the spool).
 
-    With ``send_many``, the chunks cut in one pass of the loop go out together, up
-    to ``batch_chunks`` per call (one Celery task for many stations' chunks: at a
+    With ``send_many``, cut chunks go out together, up to ``batch_chunks`` per call
+    and at most OUTBOX_LINGER_S after the first was cut (one Celery task for many stations' chunks: at a
     thousand stations, a task per chunk costs the broker and the workers more than
     the inference). Spooled chunks are re-sent one by one through ``send``.
     """

@@ -172,17 +172,20 @@ def handle_chunks(state: WorkerState, msgs: Any) -> dict[str, Any]:
     return {"status": "ok", "chunks": len(done), "failed": failed}
 
 
-@shared_task(
-    bind=True,
-    name=TASK_DETECT,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    ignore_result=True,
-    autoretry_for=(redis.ConnectionError, redis.TimeoutError),
-    retry_backoff=True,
-    retry_backoff_max=60,
-    max_retries=20,
-)
+# Chunk tasks: late ack, redone if their worker dies; Redis hiccups retried with back-off.
+_CHUNK_TASK = {
+    "bind": True,
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "ignore_result": True,
+    "autoretry_for": (redis.ConnectionError, redis.TimeoutError),
+    "retry_backoff": True,
+    "retry_backoff_max": 60,
+    "max_retries": 20,
+}
+
+
+@shared_task(name=TASK_DETECT, **_CHUNK_TASK)
 def detect_chunk(self, msg: dict[str, Any]) -> dict[str, Any]:
     state = get_state(self.app)
     try:
@@ -193,17 +196,7 @@ def detect_chunk(self, msg: dict[str, Any]) -> dict[str, Any]:
         )
 
 
-@shared_task(
-    bind=True,
-    name=TASK_DETECT_MANY,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    ignore_result=True,
-    autoretry_for=(redis.ConnectionError, redis.TimeoutError),
-    retry_backoff=True,
-    retry_backoff_max=60,
-    max_retries=20,
-)
+@shared_task(name=TASK_DETECT_MANY, **_CHUNK_TASK)
 def detect_chunks(self, msgs: list[dict[str, Any]]) -> dict[str, Any]:
     return handle_chunks(get_state(self.app), msgs)
 

@@ -44,8 +44,8 @@ def make_feeder(tmp: Path, send, feeds=(), chunk_s: float = 10.0, **kw) -> Feede
     return Feeder(list(feeds), send, step_s=STEP_S, window_s=WINDOW_S, chunk_s=chunk_s, **kw)
 
 
-def run_to_end(feeder: Feeder, timeout_s: float = 60.0) -> None:
-    """``feeder.run`` until its feeds end and every chunk is out, as ``quakescan feed --until-done``."""
+def start_feeder(feeder: Feeder) -> tuple[threading.Thread, list[BaseException]]:
+    """``feeder.run(until_feeds_end=True)`` in a thread; its exception, if any, in the list."""
     errors: list[BaseException] = []
 
     def target() -> None:
@@ -56,6 +56,12 @@ def run_to_end(feeder: Feeder, timeout_s: float = 60.0) -> None:
 
     t = threading.Thread(target=target, daemon=True)
     t.start()
+    return t, errors
+
+
+def run_to_end(feeder: Feeder, timeout_s: float = 60.0) -> None:
+    """``feeder.run`` until its feeds end and every chunk is out, as ``quakescan feed --until-done``."""
+    t, errors = start_feeder(feeder)
     t.join(timeout_s)
     assert not t.is_alive(), "the feeder did not finish"
     assert not errors, f"the feeder stopped with {errors[0]!r}"
@@ -217,16 +223,7 @@ def test_in_flight_bound_holds_chunks_until_the_sink_progresses(data_dir, tmp_pa
         max_in_flight=3,
         progress=lambda: dict(progress),
     )
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            feeder.run(threading.Event(), until_feeds_end=True)
-        except BaseException as exc:
-            errors.append(exc)
-
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
+    t, errors = start_feeder(feeder)
 
     def settles_at(n: int) -> None:
         deadline = time.time() + 10
