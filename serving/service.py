@@ -61,7 +61,6 @@ class InProcessService:
             CatalogFiles(cfg.out_dir, cfg.formats, cfg.catalog_rewrite_s),
             self.metrics,
             spec=spec,
-            startup_grace_s=0.5,
         )
         Path(cfg.spool_dir).mkdir(parents=True, exist_ok=True)
         self.feeder = Feeder(

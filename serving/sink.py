@@ -220,13 +220,11 @@ class Sink:
         *,
         spec: ModelSpec | None = None,
         consumer: str = "sink-1",
-        startup_grace_s: float = 5.0,
         on_detection: Callable[[Detection], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.cfg, self.source, self.publisher, self.store = cfg, source, publisher, state_store
         self.catalogs, self.metrics, self.consumer = catalogs, metrics, consumer
-        self.started_at = clock()
         self.spec = spec or OnnxModel(cfg.model, device="cpu", threads=1).spec
         s = self.spec
         self.params = TriggerParams(
@@ -238,7 +236,6 @@ class Sink:
             merge_gap_s=s.trigger.merge_gap_s,
         )
         self.step_s = cfg.step_s or s.step_s
-        self.startup_grace_s = startup_grace_s
         self.on_detection = on_detection
         self.clock = clock
         self.stations: dict[str, _Station] = {}
@@ -341,18 +338,13 @@ class Sink:
             if not s.buffer:
                 continue
             if s.last_seq is None:
-                # A station new to this sink whose chunk 0 has not come: if the sink has
-                # just started, it may have joined a stream whose start is gone (wait the
-                # short startup grace); otherwise chunk 0 is in flight (a worker died
-                # with it, or it waits in the queue) and is waited for like any other.
-                grace = (
-                    self.startup_grace_s
-                    if s.first_seen - self.started_at < self.startup_grace_s
-                    else self.cfg.reorder_timeout_s
-                )
+                # A station new to this sink. Its chunk 0 may be late (a worker died
+                # with it, or it still waits in the queue): it is waited for like any
+                # missing chunk. Only if it never comes (the sink's state was lost after
+                # older results were acknowledged) does the sink start where it can.
                 if 0 in s.buffer:
                     s.last_seq = -1
-                elif now - s.first_seen >= grace:
+                elif now - s.first_seen >= self.cfg.reorder_timeout_s:
                     s.last_seq = min(s.buffer) - 1
                     log.warning(
                         "%s: first chunk seen is seq %d; starting there", key, s.last_seq + 1
@@ -449,7 +441,6 @@ class Sink:
         """Until ``stop``: read, trigger, publish. Redis outages are waited out, not fatal."""
         import redis
 
-        self.started_at = self.clock()
         try:
             self._run(stop, idle_flush_s, redis)
         finally:

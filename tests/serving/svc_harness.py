@@ -69,7 +69,6 @@ class Pipeline:
             CatalogFiles(self.cfg.out_dir, self.cfg.formats, self.cfg.catalog_rewrite_s),
             self.metrics,
             consumer=consumer,
-            startup_grace_s=0.5,
         )
 
     def start_sink(self) -> None:

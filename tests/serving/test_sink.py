@@ -113,7 +113,6 @@ def _sink(clock):
         MemoryState(),
         None,
         Metrics(CollectorRegistry()),
-        startup_grace_s=5.0,
         clock=clock,
     )
     return src, sink
@@ -121,10 +120,9 @@ def _sink(clock):
 
 def test_a_new_station_whose_first_chunk_is_late_waits_for_it():
     """A worker died with a new station's chunk 0 while chunk 1 went through: the
-    sink, running for a while, waits for chunk 0 rather than starting at chunk 1."""
+    sink waits for chunk 0 rather than starting at chunk 1 (it did, after 0.5 s)."""
     now = [1000.0]
     src, sink = _sink(lambda: now[0])
-    now[0] += 60  # the sink has been up a minute
     src.publish(_probs_msg(1, 10))
     sink.step(block_ms=10)
     now[0] += 30  # chunk 0 is redelivered half a minute later
@@ -134,12 +132,16 @@ def test_a_new_station_whose_first_chunk_is_late_waits_for_it():
     assert _windows(sink) == 20, "both chunks' windows reached the trigger"
 
 
-def test_a_sink_that_joins_a_running_stream_starts_at_the_first_chunk_it_sees():
+def test_a_first_chunk_that_never_comes_is_given_up_after_the_reorder_timeout():
+    """A sink whose state was lost, fed from the middle of a station's sequence."""
     now = [1000.0]
     src, sink = _sink(lambda: now[0])
     src.publish(_probs_msg(500, 5000))
     sink.step(block_ms=10)
-    now[0] += 6  # after the startup grace: chunks before 500 are not coming
+    now[0] += 300
+    sink.step(block_ms=10)
+    assert _windows(sink) == 0, "still waiting for the chunks before 500"
+    now[0] += 301  # past reorder_timeout_s (600 s)
     sink.step(block_ms=10)
     assert _windows(sink) == 10
 
