@@ -13,7 +13,7 @@ import redis
 from svc_harness import Pipeline
 
 from detector import Detector
-from serving.app import TASK_DETECT, make_app
+from serving.app import TASK_DETECT, TASK_DETECT_MANY, make_app
 from serving.chunks import Chunk
 
 pytestmark = pytest.mark.slow
@@ -74,8 +74,9 @@ def test_distributed_path_gives_exactly_the_local_detections(
     assert windows == local_detector.stats.windows - windows_before
 
 
+@pytest.mark.parametrize("task", ["task-per-chunk", "chunks-per-task"])
 def test_corrupt_chunk_is_dead_lettered_and_the_rest_carries_on(
-    clean_redis, worker_module, data_dir, tmp_path
+    clean_redis, worker_module, data_dir, tmp_path, task
 ):
     r = redis.Redis.from_url(clean_redis)
     app = make_app(Pipeline(clean_redis, tmp_path, _files(data_dir)[:1]).cfg)
@@ -91,8 +92,11 @@ def test_corrupt_chunk_is_dead_lettered_and_the_rest_carries_on(
         time.time(),
     )
     ok = Chunk("BK.BKS.", "HH", 1, BKS_K0, BKS_K0 + 10, 1.0, good, time.time())
-    app.send_task(TASK_DETECT, args=[bad.to_message()], queue="detect")
-    app.send_task(TASK_DETECT, args=[ok.to_message()], queue="detect")
+    if task == "task-per-chunk":
+        app.send_task(TASK_DETECT, args=[bad.to_message()], queue="detect")
+        app.send_task(TASK_DETECT, args=[ok.to_message()], queue="detect")
+    else:  # the corrupt chunk shares a task with a good one: only it is dead-lettered
+        app.send_task(TASK_DETECT_MANY, args=[[bad.to_message(), ok.to_message()]], queue="detect")
     deadline = time.time() + 30
     while time.time() < deadline and r.xlen("quakescan:probabilities") < 2:
         time.sleep(0.1)
