@@ -286,48 +286,10 @@ def load_torch_net(model_path: str, checkpoint: str | None) -> tuple[Any, str]:
         net, _ = load_checkpoint(checkpoint)
         return net.eval(), f"checkpoint {checkpoint}"
 
-    import onnx
-    import torch
-    from onnx import numpy_helper
+    from training.export import net_from_onnx
 
-    from detector.spec import SPEC_KEY, ModelSpec
-    from training.frontend import PreparationConfig
-    from training.pipeline import DetectorNet, ModelConfig
-
-    proto = onnx.load(model_path)
-    meta = {p.key: p.value for p in proto.metadata_props}
-    if SPEC_KEY not in meta:
-        raise ValueError(f"{model_path}: no {SPEC_KEY!r} metadata; not a quakescan model")
-    spec = ModelSpec.from_json(meta[SPEC_KEY])
-    prep = spec.preparation
-    cfg = ModelConfig(
-        architecture=spec.architecture,
-        sampling_rate_hz=spec.sampling_rate_hz,
-        window_samples=spec.window_samples,
-        channel_order=spec.channel_order,
-        class_names=list(spec.class_names),
-        preparation=PreparationConfig(bandpass_hz=prep.bandpass_hz, fir_taps=prep.fir_taps),
-    )
-    net = DetectorNet(cfg)
-    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
-    state = net.state_dict()
-    if all(k in inits and inits[k].shape == tuple(v.shape) for k, v in state.items()):
-        new = {k: torch.from_numpy(inits[k].copy()).to(v.dtype) for k, v in state.items()}
-        how = "by name"
-    else:  # an exporter that renamed initializers: parameters in order, matched by shape
-        params = [i for i in proto.graph.initializer if i.name not in state]
-        new = dict(state)  # buffers (filter taps, detrend basis) are rebuilt from the spec
-        for name, p in net.named_parameters():
-            j = next((j for j, i in enumerate(params) if tuple(i.dims) == tuple(p.shape)), None)
-            if j is None:
-                raise ValueError(
-                    f"{model_path}: no ONNX initializer of shape {tuple(p.shape)} for {name}; "
-                    "pass --checkpoint with the run this file was exported from"
-                )
-            new[name] = torch.from_numpy(numpy_helper.to_array(params.pop(j)).copy())
-        how = "by order and shape"
-    net.load_state_dict(new)
-    return net.eval(), f"rebuilt from {Path(model_path).name} (spec config, weights {how})"
+    net, how = net_from_onnx(model_path)
+    return net, f"rebuilt from {Path(model_path).name} (spec config, weights {how})"
 
 
 def ort_session(model_path: str, device: str, threads: int | None) -> Any:

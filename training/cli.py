@@ -229,10 +229,25 @@ def evaluate_cmd(
     show_default=True,
     help="Default window step in seconds.",
 )
-def export_cmd(checkpoint: str, out: str, **opts) -> None:
-    """Export CHECKPOINT (best.pt, or a run directory) to a self-contained ONNX model."""
+@click.option(
+    "--templates",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Templates file: for a checkpoint, evaluate on it instead of the run's own; "
+    "for an .onnx file, the real windows that check the rebuilt graph (required then).",
+)
+def export_cmd(checkpoint: str, out: str, templates: str | None, **opts) -> None:
+    """Export CHECKPOINT (best.pt, or a run directory) to a self-contained ONNX model.
+
+    CHECKPOINT may also be an .onnx file exported by an older quakescan: its weights
+    and spec are kept and the graph is rebuilt as this version writes it (faster on
+    CPU), checked against the old one on the windows of --templates.
+    """
     from .export import export
 
+    if checkpoint.endswith(".onnx"):
+        _rebuild(checkpoint, out, templates)
+        return
+    opts["templates"] = templates
     try:
         r = export(checkpoint, out, **opts)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
@@ -247,6 +262,26 @@ def export_cmd(checkpoint: str, out: str, **opts) -> None:
         f"  test: recall {m['recall']:.3f}  precision {m['precision']:.3f}  F1 {m['f1']:.3f}  "
         f"FPR {m['false_positive_rate']:.4f}  ROC-AUC {m['roc_auc']:.3f}"
     )
+
+
+def _rebuild(src: str, out: str, templates_path: str | None) -> None:
+    import numpy as np
+
+    from .export import rebuild_onnx
+    from .templates import read_templates
+
+    if templates_path is None:
+        raise click.UsageError(
+            "rebuilding an .onnx file needs --templates (real windows for the check)"
+        )
+    try:
+        t = read_templates(templates_path)
+        x = np.asarray(t.windows[:512], dtype=np.float32)
+        diff = rebuild_onnx(src, out, x)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote {out}: {src}'s weights and spec in this version's graph")
+    click.echo(f"  old vs new graph: max |diff| {diff:.2e} on {len(x)} real windows")
 
 
 __all__ = ["templates", "train_cmd", "evaluate_cmd", "export_cmd", "AugmentConfig", "ModelConfig"]

@@ -262,3 +262,101 @@ def export(
         len(parity_x),
     )
     return ExportResult(path=out, spec=spec, max_abs_diff=diff, n_parity_windows=len(parity_x))
+
+
+def net_from_onnx(path: str | Path) -> tuple[DetectorNet, str]:
+    """The PyTorch ``DetectorNet`` behind a quakescan ONNX file, and how its weights were matched.
+
+    A ``ModelConfig`` from the file's spec, then every parameter from the graph's
+    initializers: by name (this exporter keeps the state-dict names), else by order
+    and shape. The fixed tensors of the preparation and spectrogram are rebuilt from
+    the spec. Callers should check parity with the file before trusting the result.
+    """
+    from onnx import numpy_helper
+
+    from .frontend import PreparationConfig
+    from .pipeline import ModelConfig
+
+    proto = onnx.load(str(path))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    if SPEC_KEY not in meta:
+        raise ValueError(f"{path}: no {SPEC_KEY!r} metadata; not a quakescan model")
+    spec = ModelSpec.from_json(meta[SPEC_KEY])
+    prep = spec.preparation
+    cfg = ModelConfig(
+        architecture=spec.architecture,
+        sampling_rate_hz=spec.sampling_rate_hz,
+        window_samples=spec.window_samples,
+        channel_order=spec.channel_order,
+        class_names=list(spec.class_names),
+        preparation=PreparationConfig(bandpass_hz=prep.bandpass_hz, fir_taps=prep.fir_taps),
+    )
+    net = DetectorNet(cfg)
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    state = net.state_dict()
+    # A weight the exporter folded (ConvNetQuake's 1-D kernels become 2-D ones of height 1,
+    # under a generated name) is the other input of the node that reads its bias.
+    for key, value in state.items():
+        if key in inits or not key.endswith(".weight"):
+            continue
+        bias = key[: -len("weight")] + "bias"
+        node = next((n for n in proto.graph.node if bias in n.input), None)
+        folded = inits.get(node.input[1]) if node is not None and len(node.input) > 1 else None
+        if folded is not None and folded.size == value.numel():
+            inits[key] = folded.reshape(tuple(value.shape))
+    if all(k in inits and inits[k].shape == tuple(v.shape) for k, v in state.items()):
+        new = {k: torch.from_numpy(inits[k].copy()).to(v.dtype) for k, v in state.items()}
+        how = "by name"
+    else:  # an exporter that renamed initializers: parameters in order, matched by shape
+        params = [i for i in proto.graph.initializer if i.name not in state]
+        new = dict(state)
+        for name, p in net.named_parameters():
+            j = next((j for j, i in enumerate(params) if tuple(i.dims) == tuple(p.shape)), None)
+            if j is None:
+                raise ValueError(
+                    f"{path}: no ONNX initializer of shape {tuple(p.shape)} for {name}; "
+                    "export again from the training run's checkpoint"
+                )
+            new[name] = torch.from_numpy(numpy_helper.to_array(params.pop(j)).copy())
+        how = "by order and shape"
+    net.load_state_dict(new)
+    return net.eval(), how
+
+
+def rebuild_onnx(src: str | Path, out: str | Path, windows: np.ndarray) -> float:
+    """Write ``src``'s model to ``out`` as this version's graph; its spec is kept as it is.
+
+    For files exported by an older quakescan: the weights and spec are the same,
+    the graph is rebuilt (faster preparation and convolutions). ``windows``
+    (float32[B, C, N] real windows) check that old and new graphs agree within
+    ``PARITY_ATOL``; returns the largest difference.
+    """
+    import onnxruntime as ort
+
+    net, _ = net_from_onnx(src)
+    want = (len(net.cfg.channel_order), net.cfg.window_samples)
+    if windows.ndim != 3 or tuple(windows.shape[1:]) != want or len(windows) == 0:
+        raise ValueError(
+            f"windows for the check have shape {tuple(windows.shape)}; {src} takes "
+            f"[batch, {want[0]}, {want[1]}]"
+        )
+    old = onnx.load(str(src))
+    new = onnx.load_from_string(to_onnx_bytes(net))
+    del new.metadata_props[:]
+    new.metadata_props.extend(old.metadata_props)
+    onnx.checker.check_model(new)
+    raw = new.SerializeToString()
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    a, b = (
+        ort.InferenceSession(m, so, providers=["CPUExecutionProvider"])
+        for m in (old.SerializeToString(), raw)
+    )
+    x = np.ascontiguousarray(windows, dtype=np.float32)
+    pa = a.run(None, {a.get_inputs()[0].name: x})[0]
+    pb = b.run(None, {b.get_inputs()[0].name: x})[0]
+    diff = float(np.abs(pa - pb).max())
+    if diff > PARITY_ATOL:
+        raise RuntimeError(f"rebuilt graph disagrees with {src} by {diff:.2e} (> {PARITY_ATOL})")
+    Path(out).write_bytes(raw)
+    return diff

@@ -37,7 +37,22 @@ class ConvNetQuake(nn.Module):
         self.cfg = cfg
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x).flatten(1))
+        # Conv1d layers run as 2-D convolutions of height 1: the same arithmetic (PyTorch
+        # does this internally too), but the exported graph then gets ONNX Runtime's blocked
+        # NCHWc convolution kernels on CPU, about twice as fast as its 1-D path here.
+        x = x.unsqueeze(2)
+        for layer in self.features:
+            if isinstance(layer, nn.Conv1d):
+                x = nn.functional.conv2d(
+                    x,
+                    layer.weight.unsqueeze(2),
+                    layer.bias,
+                    stride=(1, layer.stride[0]),
+                    padding=(0, layer.padding[0]),
+                )
+            else:
+                x = layer(x)
+        return self.classifier(x.flatten(1))
 
 
 @dataclass

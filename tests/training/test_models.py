@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.signal
 import torch
 
-from training.frontend import PreparationConfig, Spectrogram, SpectrogramConfig, WindowPreparation
+from training.frontend import (
+    PreparationConfig,
+    Spectrogram,
+    SpectrogramConfig,
+    WindowPreparation,
+    fir_bandpass,
+)
 from training.models import (
     ConvNetQuake,
     ConvNetQuakeConfig,
@@ -110,3 +117,62 @@ def test_detector_net_outputs_probabilities_for_both_architectures():
         ModelConfig(architecture="resnet")
     with pytest.raises(ValueError, match="exactly two classes"):
         ModelConfig(architecture="slow-earthquake", class_names=["noise", "a", "b"])
+
+
+def _textbook_preparation(x: np.ndarray, taps: np.ndarray) -> np.ndarray:
+    """Detrend, odd extension, FIR, peak normalisation: scipy/numpy in float64, step by step."""
+    y = scipy.signal.detrend(x, axis=-1, type="linear")
+    k = len(taps) // 2
+    left = 2 * y[..., :1] - y[..., k:0:-1]
+    right = 2 * y[..., -1:] - y[..., -2 : -k - 2 : -1]
+    e = np.concatenate([left, y, right], axis=-1)
+    f = np.apply_along_axis(lambda row: np.convolve(row, taps, mode="valid"), -1, e)
+    peak = np.abs(f).max(axis=-1, keepdims=True)
+    ok = (np.ptp(x, axis=-1, keepdims=True) > 0) & (peak > 0)
+    return np.where(ok, f / np.where(ok, peak, 1.0), 0.0)
+
+
+@pytest.mark.parametrize("samples", [1000, 777])  # 777: the last FIR block is cut
+def test_window_preparation_equals_the_textbook_steps_on_real_windows(data_dir, samples):
+    """The blocked FIR (dense strided convolution) is the same map as detrend + filtfilt-style
+    padding + convolution with the taps, on real event and noise windows with raw-count
+    offsets, including a dead channel."""
+    from training.templates import read_templates
+
+    t = read_templates(data_dir / "templates_small.h5")
+    x = np.asarray(t.windows[:40, :, :samples], dtype=np.float64)
+    x[:, 1] += 5.0e3  # raw counts on an offset
+    x[3, 0] = 0.0  # a dead horizontal
+    x = x.astype(np.float32).astype(np.float64)  # what the model is given
+    cfg = PreparationConfig(bandpass_hz=(2.0, 25.0), fir_taps=151)
+    prep = WindowPreparation(cfg, 3, samples, 100.0)
+    xt = torch.tensor(x, dtype=torch.float32)
+    with torch.no_grad():
+        fast, reference = prep(xt).numpy(), prep.reference_forward(xt).numpy()
+    expected = _textbook_preparation(x, fir_bandpass(cfg, 100.0))
+    assert fast.shape == x.shape
+    # float32 arithmetic on a 5e3-count offset: ~2e-4 of the peak (7e-6 without the offset)
+    assert np.abs(fast - expected).max() < 5e-4
+    assert np.abs(reference - expected).max() < 5e-4
+    assert np.abs(fast - reference).max() < 1e-5
+    assert (fast[3, 0] == 0).all()
+
+
+def test_checkpoints_with_the_old_preparation_tensors_still_load():
+    """quakescan 0.1 saved the preparation's fixed tensors in checkpoints; they are ignored."""
+    net = DetectorNet(ModelConfig())
+    state = net.state_dict()
+    assert not any(k.startswith("prep.") for k in state)  # derived from the config, not saved
+    n = 1000
+    legacy = {
+        "prep.basis": torch.zeros(n, 2),
+        "prep.basis_t": torch.zeros(2, n),
+        "prep.fir": torch.zeros(3, 1, 151),
+        "prep.left_idx": torch.arange(75),
+        "prep.right_idx": torch.arange(75),
+    }
+    again = DetectorNet(ModelConfig())
+    again.load_state_dict({**state, **legacy})  # strict: no unexpected-key error
+    x = torch.randn(4, 3, n) * 100
+    with torch.no_grad():
+        assert torch.equal(again(x), net(x))
