@@ -40,9 +40,25 @@ class AugmentConfig:
     # Swap the two horizontals (a station rotated by 90 degrees, or mislabelled
     # E/N), in both classes alike.
     swap_horizontals_p: float = 0.25
+    # Add an instrument glitch to noise windows: a one-sample spike, a step, or a
+    # one-sided decaying pulse (tau up to glitch_tau_s), on one channel or all,
+    # glitch_amp times the window's high-passed RMS. Real stations have them
+    # (telemetry spikes, mass re-centring, cal pulses); without examples a
+    # model takes any sharp transient for an onset.
+    glitch_p: float = 0.0
+    glitch_amp: tuple[float, float] = (5.0, 300.0)
+    glitch_tau_s: float = 1.0
+    glitch_kinds: tuple[str, ...] = ("spike", "step", "pulse")
 
     def __post_init__(self) -> None:
         self.onset_range_s = tuple(float(x) for x in self.onset_range_s)
+        self.glitch_amp = tuple(float(x) for x in self.glitch_amp)
+        self.glitch_kinds = tuple(self.glitch_kinds)
+        unknown = set(self.glitch_kinds) - {"spike", "step", "pulse"}
+        if unknown or not self.glitch_kinds:
+            raise ValueError(
+                f"glitch_kinds {list(self.glitch_kinds)}: choose from spike, step, pulse"
+            )
         self.scale_range = tuple(float(x) for x in self.scale_range)
         self.mix_snr_db = tuple(float(x) for x in self.mix_snr_db)
 
@@ -100,6 +116,10 @@ def augment_batch(
             snr_db = rng.uniform(*cfg.mix_snr_db, size=len(mix))
             gain = 10 ** (snr_db / 20) * _hp_rms(noise) / _hp_rms(x[mix])
             x[mix] = noise + (x[mix] * gain[:, None, None]).astype(np.float32)
+    if cfg.glitch_p > 0:
+        add_glitches(
+            x, np.flatnonzero((y == 0) & (rng.random(n) < cfg.glitch_p)), cfg, rng, sampling_rate_hz
+        )
     swap = rng.random(n) < cfg.noisy_horizontals_p
     if len(noise_pool) and swap.any() and c > 1:
         horiz = [i for i in range(c) if i != vertical_index]
@@ -144,3 +164,35 @@ def balance_vertical_only(
         if need > 0 and len(idx):
             pick = rng.choice(idx, size=min(need, len(idx)), replace=False)
             x[np.ix_(pick, horiz)] = 0.0
+
+
+def add_glitches(
+    x: np.ndarray,
+    idx: np.ndarray,
+    cfg: AugmentConfig,
+    rng: np.random.Generator,
+    sampling_rate_hz: float,
+) -> None:
+    """Add one instrument glitch to each window x[i] for i in idx, in place (see AugmentConfig)."""
+    if len(idx) == 0:
+        return
+    s = x.shape[2]
+    t = np.arange(s)
+    amp = np.exp(rng.uniform(*np.log(cfg.glitch_amp), size=len(idx))) * _hp_rms(x[idx])
+    for i, a in zip(idx, amp, strict=True):
+        live = np.flatnonzero(np.abs(x[i]).max(axis=-1) > 0)
+        if len(live) == 0:
+            continue
+        chans = live if rng.random() < 0.5 else [live[rng.integers(len(live))]]
+        t0 = int(rng.integers(0, s))
+        sign = 1.0 if rng.random() < 0.5 else -1.0
+        kind = cfg.glitch_kinds[rng.integers(len(cfg.glitch_kinds))]
+        if kind == "spike":  # telemetry spike
+            shape = (t == t0).astype(np.float64)
+        elif kind == "step":  # offset jump
+            shape = (t >= t0).astype(np.float64)
+        else:  # one-sided decaying pulse
+            tau = rng.uniform(0.02, cfg.glitch_tau_s) * sampling_rate_hz
+            shape = np.where(t >= t0, np.exp(-(t - t0) / tau), 0.0)
+        for ch in chans:
+            x[i, ch] += (sign * a * shape).astype(np.float32)

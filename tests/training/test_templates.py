@@ -233,3 +233,39 @@ def test_augmentation_keeps_labels_meaningful(small):
         shift=True,
     )
     assert same is x
+
+
+def test_glitch_augmentation_adds_transients_to_noise_windows_only(small):
+    """Spikes, steps and decaying pulses go into real noise windows (labelled noise), never
+    into event windows, at the asked amplitude relative to the window's own noise."""
+    rng = np.random.default_rng(3)
+    idx = np.r_[np.flatnonzero(small.labels == 0)[:30], np.flatnonzero(small.labels == 1)[:30]]
+    x, y = small.windows[idx].astype(np.float32), small.labels[idx]
+    off = dict(
+        shift=False, sampling_rate_hz=100.0, vertical_index=2
+    )  # everything else switched off, so the differences are the glitches
+    base = dict(
+        mix_p=0.0,
+        noisy_horizontals_p=0.0,
+        swap_horizontals_p=0.0,
+        scale_range=(1.0, 1.0),
+        polarity_flip_p=0.0,
+        vertical_only_p=0.0,
+        balance_vertical_only=False,
+        drop_channel_p=0.0,
+    )
+    for kind in ("spike", "step", "pulse"):
+        cfg = AugmentConfig(glitch_p=1.0, glitch_amp=(50.0, 50.0), glitch_kinds=(kind,), **base)
+        out = augment_batch(x, y, x[:0], cfg, rng, **off)
+        d = (out - x).astype(np.float64)
+        assert not d[y == 1].any(), "event windows are left alone"
+        changed = np.abs(d[y == 0]).max(axis=(1, 2))
+        assert (changed > 0).all(), f"every noise window got a {kind}"
+        rms = np.sqrt((np.diff(x[y == 0].astype(np.float64), axis=-1) ** 2).mean(axis=(1, 2)))
+        np.testing.assert_allclose(changed, 50.0 * rms, rtol=1e-3)
+        touched = np.count_nonzero(np.abs(d[y == 0]).max(axis=2) > 0, axis=1)
+        assert set(touched) <= {1, 3}  # one channel, or all three
+        if kind == "spike":
+            assert (np.count_nonzero(d[y == 0], axis=2) <= 1).all()
+    with pytest.raises(ValueError, match="glitch_kinds"):
+        AugmentConfig(glitch_kinds=("earthquake",))
