@@ -49,11 +49,17 @@ class AugmentConfig:
     glitch_amp: tuple[float, float] = (5.0, 300.0)
     glitch_tau_s: float = 1.0
     glitch_kinds: tuple[str, ...] = ("spike", "step", "pulse")
+    # "noise": glitches only in noise windows (teaches "a glitch alone is not an event",
+    # but also "a glitch means noise"); "all": in both classes alike (teaches that
+    # glitches do not matter, without a shortcut).
+    glitch_classes: str = "noise"
 
     def __post_init__(self) -> None:
         self.onset_range_s = tuple(float(x) for x in self.onset_range_s)
         self.glitch_amp = tuple(float(x) for x in self.glitch_amp)
         self.glitch_kinds = tuple(self.glitch_kinds)
+        if self.glitch_classes not in ("noise", "all"):
+            raise ValueError(f"glitch_classes {self.glitch_classes!r}: 'noise' or 'all'")
         unknown = set(self.glitch_kinds) - {"spike", "step", "pulse"}
         if unknown or not self.glitch_kinds:
             raise ValueError(
@@ -117,9 +123,10 @@ def augment_batch(
             gain = 10 ** (snr_db / 20) * _hp_rms(noise) / _hp_rms(x[mix])
             x[mix] = noise + (x[mix] * gain[:, None, None]).astype(np.float32)
     if cfg.glitch_p > 0:
-        add_glitches(
-            x, np.flatnonzero((y == 0) & (rng.random(n) < cfg.glitch_p)), cfg, rng, sampling_rate_hz
-        )
+        pick = rng.random(n) < cfg.glitch_p
+        if cfg.glitch_classes == "noise":
+            pick &= y == 0
+        add_glitches(x, np.flatnonzero(pick), cfg, rng, sampling_rate_hz)
     swap = rng.random(n) < cfg.noisy_horizontals_p
     if len(noise_pool) and swap.any() and c > 1:
         horiz = [i for i in range(c) if i != vertical_index]

@@ -267,5 +267,11 @@ def test_glitch_augmentation_adds_transients_to_noise_windows_only(small):
         assert set(touched) <= {1, 3}  # one channel, or all three
         if kind == "spike":
             assert (np.count_nonzero(d[y == 0], axis=2) <= 1).all()
+    # glitch_classes="all": both classes alike (no "a glitch means noise" shortcut).
+    cfg = AugmentConfig(glitch_p=1.0, glitch_classes="all", **base)
+    d = augment_batch(x, y, x[:0], cfg, rng, **off) - x
+    assert (np.abs(d).max(axis=(1, 2)) > 0).all()
     with pytest.raises(ValueError, match="glitch_kinds"):
         AugmentConfig(glitch_kinds=("earthquake",))
+    with pytest.raises(ValueError, match="glitch_classes"):
+        AugmentConfig(glitch_classes="events")
