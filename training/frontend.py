@@ -41,7 +41,7 @@ def fir_bandpass(cfg: PreparationConfig, sampling_rate_hz: float) -> np.ndarray:
     return scipy.signal.firwin(cfg.fir_taps, [lo, hi], pass_zero="bandpass", fs=sampling_rate_hz)
 
 
-def fir_block_size(n: int, taps: int) -> tuple[int, int]:
+def fir_block_size(taps: int) -> tuple[int, int]:
     """(P, D) for the blocked FIR of ``WindowPreparation``: P outputs per block, D blocks of input.
 
     Each block of P output samples reads P * D input samples, D = ceil((P - 1 + taps) / P),
@@ -49,7 +49,6 @@ def fir_block_size(n: int, taps: int) -> tuple[int, int]:
     Runtime's NCHWc channel block) from 16 up, the one with the least work: 16 for the
     default 151 taps (176 per sample; P = 8 does less work but ran slower, measured).
     """
-    del n  # the last block is cut to the window whatever P is
     return min(
         ((p, -(-(p - 1 + taps) // p)) for p in range(16, 65, 8)), key=lambda pd: pd[0] * pd[1]
     )
@@ -62,7 +61,7 @@ class WindowPreparation(nn.Module):
     2. Odd extension by ``taps // 2`` samples at both ends (as scipy's filtfilt pads).
     3. Zero-phase FIR band-pass, computed in blocks: one strided convolution
        with P output channels, kernel P * D, stride P gives P consecutive
-       filtered samples per block, which a transpose puts back in time order.
+       filtered samples per block, which a permutation puts back in time order.
        Mathematically it is the ``conv1d`` of the extended window with the
        taps (``reference_forward`` keeps that form; the tests hold the two
        together), but it runs as a dense convolution instead of a depthwise
@@ -99,7 +98,7 @@ class WindowPreparation(nn.Module):
         if k >= n:
             raise ValueError(f"fir_taps ({len(taps)}) must be shorter than the window ({n})")
         self.k = k
-        self.block, self.span = fir_block_size(n, len(taps))
+        self.block, self.span = fir_block_size(len(taps))  # the last block is cut to n
         self.n_blocks = -(-n // self.block)
         self.padded = self.block * (self.n_blocks + self.span - 1)
         # Output channel r of block m is filtered sample m * P + r: taps shifted by r.
@@ -107,7 +106,7 @@ class WindowPreparation(nn.Module):
         for r in range(self.block):
             kernels[r, 0, 0, r : r + len(taps)] = taps[::-1]  # convolutions correlate
         self._buffer("fir_blocks", kernels)
-        self._buffer("fir", taps[::-1].copy())  # for reference_forward
+        self._buffer("taps_reversed", taps[::-1].copy())  # for reference_forward
 
     def _buffer(self, name: str, value: np.ndarray) -> None:
         # Derived from the config, so not saved in checkpoints.
@@ -153,7 +152,7 @@ class WindowPreparation(nn.Module):
         y = self._detrend(x)
         if self.filtered:
             c = x.shape[1]
-            w = self.fir.view(1, 1, -1).repeat(c, 1, 1)
+            w = self.taps_reversed.view(1, 1, -1).repeat(c, 1, 1)
             y = nn.functional.conv1d(self._extend(y), w, groups=c)
         return self._normalise(x, y)
 
