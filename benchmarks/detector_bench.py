@@ -54,7 +54,6 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere: import dete
     sys.path.insert(0, str(REPO_ROOT))
 
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
-DEFAULT_CHECKPOINT = REPO_ROOT / "runs" / "default" / "best.pt"
 DETECTOR_BATCH = 256  # Detector's default batch_size
 SWEEP_BATCHES = (64, 128, 256, 512, 1024)
 PARITY_ATOL = 1e-4  # as training/export.py's ONNX-vs-PyTorch check
@@ -1363,9 +1362,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--checkpoint",
         default=None,
-        help="the training run (best.pt) the ONNX file was exported from; default "
-        f"{DEFAULT_CHECKPOINT.relative_to(REPO_ROOT)} if present, else the "
-        "network is rebuilt from the ONNX file",
+        help="the training run (best.pt) the ONNX file was exported from (one network, "
+        "not an ensemble); default: the network is rebuilt from the ONNX file itself",
     )
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument(
@@ -1460,8 +1458,6 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = args.checkpoint
     if checkpoint is not None and not Path(checkpoint).exists():
         raise SystemExit(f"--checkpoint {checkpoint} does not exist")
-    if checkpoint is None and DEFAULT_CHECKPOINT.exists():
-        checkpoint = str(DEFAULT_CHECKPOINT)
     device = resolve_device(args.device)
     methods = [m for m in METHODS if m in args.methods.split(",")]
     have_torch = importlib.util.find_spec("torch") is not None

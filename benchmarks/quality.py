@@ -84,7 +84,7 @@ from detector.windows import grid_windows  # noqa: E402
 log = logging.getLogger("quality")
 
 DEFAULT_DATA_DIR = "../shared/data"  # relative to the working directory, else to the repo root
-DEFAULT_RUN_DIR = "runs/default"
+DEFAULT_RUN_DIR = "runs/default_s0"
 RECALL_TARGET = 0.90
 CNN_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995)
 STALTA_TABLE_ON = (2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 15.0, 20.0)
@@ -274,7 +274,7 @@ def _heldout_from_run(run: Path, spec_training: dict[str, Any], strict: bool) ->
 
 
 def resolve_heldout(arg: str | None, run_dir: str | None, spec_training: dict) -> HeldOut:
-    """--heldout-stations, else the named run, else runs/default, else a run matching the model."""
+    """--heldout-stations, else the named run, else runs/default_s0, else a run matching the model."""
     if arg:
         return HeldOut(_read_station_list(arg), None, "--heldout-stations")
     if run_dir:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+GLITCH_KINDS = ("spike", "step", "pulse", "burst")
+
 
 @dataclass
 class AugmentConfig:
@@ -53,6 +55,11 @@ class AugmentConfig:
     # but also "a glitch means noise"); "all": in both classes alike (teaches that
     # glitches do not matter, without a shortcut).
     glitch_classes: str = "noise"
+    # Replace one or two live channels (never all) by white noise, in both classes alike:
+    # a dead sensor whose digitiser still records its own electronic noise. Zeroed channels
+    # (drop_channel_p) are recognised as dead by the window preparation; these are not, so
+    # without examples a model may miss an event seen on one channel only.
+    dead_channel_p: float = 0.0
 
     def __post_init__(self) -> None:
         self.onset_range_s = tuple(float(x) for x in self.onset_range_s)
@@ -60,10 +67,10 @@ class AugmentConfig:
         self.glitch_kinds = tuple(self.glitch_kinds)
         if self.glitch_classes not in ("noise", "all"):
             raise ValueError(f"glitch_classes {self.glitch_classes!r}: 'noise' or 'all'")
-        unknown = set(self.glitch_kinds) - {"spike", "step", "pulse"}
+        unknown = set(self.glitch_kinds) - set(GLITCH_KINDS)
         if unknown or not self.glitch_kinds:
             raise ValueError(
-                f"glitch_kinds {list(self.glitch_kinds)}: choose from spike, step, pulse"
+                f"glitch_kinds {list(self.glitch_kinds)}: choose from {', '.join(GLITCH_KINDS)}"
             )
         self.scale_range = tuple(float(x) for x in self.scale_range)
         self.mix_snr_db = tuple(float(x) for x in self.mix_snr_db)
@@ -151,7 +158,22 @@ def augment_batch(
         alive = np.flatnonzero(live[i])
         if len(alive) > 1:  # never leave a window with no live channel
             x[i, rng.choice(alive)] = 0.0
+    if cfg.dead_channel_p > 0 and c > 1:
+        dead_channels(x, np.flatnonzero(rng.random(n) < cfg.dead_channel_p), rng)
     return x
+
+
+def dead_channels(x: np.ndarray, idx: np.ndarray, rng: np.random.Generator) -> None:
+    """Replace one or two live channels of each window x[i], i in idx, by white noise, in
+    place; at least one live channel keeps its data, so an event stays an event."""
+    for i in idx:
+        live = np.flatnonzero(np.abs(x[i]).max(axis=-1) > 0)
+        if len(live) < 2:
+            continue
+        k = int(rng.integers(1, len(live)))
+        for ch in rng.choice(live, size=k, replace=False):
+            level = float(np.std(x[i, ch])) or 1.0
+            x[i, ch] = rng.normal(0.0, level, size=x.shape[2]).astype(np.float32)
 
 
 def balance_vertical_only(
@@ -198,6 +220,16 @@ def add_glitches(
             shape = (t == t0).astype(np.float64)
         elif kind == "step":  # offset jump
             shape = (t >= t0).astype(np.float64)
+        elif kind == "burst":  # short oscillatory bursts (machinery, footsteps, traffic)
+            shape = np.zeros(s)
+            for t1 in [t0, *rng.integers(0, s, size=int(rng.integers(0, 4)))]:
+                f = rng.uniform(2.0, 15.0) / sampling_rate_hz
+                w = rng.uniform(0.05, 0.4) * sampling_rate_hz
+                shape += (
+                    rng.uniform(0.3, 1.0)
+                    * np.exp(-(((t - t1) / w) ** 2))
+                    * np.cos(2 * np.pi * f * (t - t1) + rng.uniform(0, 2 * np.pi))
+                )
         else:  # one-sided decaying pulse
             tau = rng.uniform(0.02, cfg.glitch_tau_s) * sampling_rate_hz
             shape = np.where(t >= t0, np.exp(-(t - t0) / tau), 0.0)

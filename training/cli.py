@@ -88,6 +88,17 @@ def _load_config_file(path: str | None) -> dict:
 @click.option("--lr", type=float, help="Adam learning rate [1e-3].")
 @click.option("--seed", type=int, help="Seed for split, crops, augmentation, init [0].")
 @click.option(
+    "--split-seed",
+    type=int,
+    help="Seed of the train/validation/test split alone [--seed]: runs with other seeds "
+    "then hold out the same stations (needed to export them as one ensemble).",
+)
+@click.option(
+    "--ema-decay",
+    type=float,
+    help="Keep an exponential moving average of the weights, e.g. 0.995 [off].",
+)
+@click.option(
     "--patience",
     type=int,
     help="Early stop after this many epochs without a better validation loss [8].",
@@ -121,6 +132,8 @@ def train_cmd(
         "batch_size",
         "lr",
         "seed",
+        "split_seed",
+        "ema_decay",
         "patience",
         "repeats",
         "balance",
@@ -193,7 +206,7 @@ def evaluate_cmd(
 
 
 @click.command("export")
-@click.argument("checkpoint", type=click.Path(exists=True))
+@click.argument("checkpoint", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="ONNX file to write.")
 @click.option("--name", help="Model name in the spec [the architecture].")
 @click.option(
@@ -210,6 +223,12 @@ def evaluate_cmd(
     default=0.95,
     show_default=True,
     help="Pick the highest threshold that keeps this recall on validation event windows.",
+)
+@click.option(
+    "--target-fpr",
+    type=float,
+    help="Instead: pick the lowest threshold that keeps the false-positive rate on "
+    "validation noise windows at or below this (e.g. 0.005).",
 )
 @click.option(
     "--merge-gap",
@@ -235,8 +254,12 @@ def evaluate_cmd(
     help="Templates file: for a checkpoint, evaluate on it instead of the run's own; "
     "for an .onnx file, the real windows that check the rebuilt graph (required then).",
 )
-def export_cmd(checkpoint: str, out: str, templates: str | None, **opts) -> None:
+def export_cmd(checkpoint: tuple[str, ...], out: str, templates: str | None, **opts) -> None:
     """Export CHECKPOINT (best.pt, or a run directory) to a self-contained ONNX model.
+
+    Several CHECKPOINTs (runs trained with the same split_seed, e.g. other seeds) become
+    one ensemble graph: the preparation once, each member's network, the mean of their
+    probabilities.
 
     CHECKPOINT may also be an .onnx file exported by an older quakescan: its weights
     and spec are kept and the graph is rebuilt as this version writes it (faster on
@@ -244,9 +267,12 @@ def export_cmd(checkpoint: str, out: str, templates: str | None, **opts) -> None
     """
     from .export import export
 
-    if checkpoint.endswith(".onnx"):
-        _rebuild(checkpoint, out, templates)
+    if any(c.endswith(".onnx") for c in checkpoint):
+        if len(checkpoint) > 1:
+            raise click.UsageError("rebuild one .onnx file at a time")
+        _rebuild(checkpoint[0], out, templates)
         return
+    checkpoint = checkpoint[0] if len(checkpoint) == 1 else list(checkpoint)
     opts["templates"] = templates
     try:
         r = export(checkpoint, out, **opts)
@@ -257,7 +283,13 @@ def export_cmd(checkpoint: str, out: str, templates: str | None, **opts) -> None
     click.echo(
         f"  parity with PyTorch: max |diff| {r.max_abs_diff:.2e} on {r.n_parity_windows} real windows"
     )
-    click.echo(f"  trigger on/off: {r.spec.trigger.on:.4f} / {r.spec.trigger.off:.4f}")
+    members = r.spec.training.get("ensemble_members")
+    if members:
+        click.echo(f"  ensemble of {len(members)} members (seeds {[m['seed'] for m in members]})")
+    click.echo(
+        f"  trigger on/off: {r.spec.trigger.on:.4f} / {r.spec.trigger.off:.4f} "
+        f"({r.spec.metrics['threshold_rule']})"
+    )
     click.echo(
         f"  test: recall {m['recall']:.3f}  precision {m['precision']:.3f}  F1 {m['f1']:.3f}  "
         f"FPR {m['false_positive_rate']:.4f}  ROC-AUC {m['roc_auc']:.3f}"

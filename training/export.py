@@ -24,7 +24,7 @@ from detector.spec import SPEC_KEY, ModelSpec, Preparation, TriggerDefaults
 from detector.trigger import PLATEAU_DELTA
 
 from .metrics import binary_metrics
-from .pipeline import DetectorNet
+from .pipeline import DetectorNet, EnsembleNet
 from .templates import Split, read_templates
 from .train import TrainConfig, make_eval_set, predict
 
@@ -60,7 +60,43 @@ def load_checkpoint(path: str | Path) -> tuple[DetectorNet, dict[str, Any]]:
     return model, state
 
 
-def to_onnx_bytes(model: DetectorNet) -> bytes:
+def load_members(
+    checkpoints: str | Path | list[str | Path] | tuple[str | Path, ...],
+) -> tuple[DetectorNet | EnsembleNet, dict[str, Any], list[dict[str, Any]]]:
+    """One checkpoint: its model. Several: their ``EnsembleNet``, after checking that every
+    member was trained on the same templates with the same held-out split (else the
+    validation threshold and the test metrics would mean nothing). Returns the model,
+    the first member's checkpoint and a line per member for the spec ([] for one)."""
+    paths = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
+    if not paths:
+        raise ValueError("no checkpoint to export")
+    loaded = [load_checkpoint(p) for p in paths]
+    model, state = loaded[0]
+    if len(loaded) == 1:
+        return model, state, []
+    for p, (_, s) in zip(paths[1:], loaded[1:], strict=True):
+        if s.get("templates_sha256") != state.get("templates_sha256"):
+            raise ValueError(
+                f"ensemble: {p} was trained on other templates than {paths[0]} "
+                "(templates sha256 differ)"
+            )
+        if s["split"] != state["split"]:
+            raise ValueError(
+                f"ensemble: {p} holds out other templates than {paths[0]}; train every "
+                "member with the same split_seed"
+            )
+    members = [
+        {
+            "checkpoint": str(p),
+            "seed": TrainConfig.from_dict(s["config"]).seed,
+            "epochs_run": s.get("epoch"),
+        }
+        for p, (_, s) in zip(paths, loaded, strict=True)
+    ]
+    return EnsembleNet([m for m, _ in loaded]).eval(), state, members
+
+
+def to_onnx_bytes(model: DetectorNet | EnsembleNet) -> bytes:
     """The graph with a dynamic batch axis (legacy TorchScript exporter: small, fast, stable graphs)."""
     mc = model.cfg
     x = torch.zeros(2, len(mc.channel_order), mc.window_samples)
@@ -92,9 +128,11 @@ def build_spec(
     trained_on: str,
     step_s: float,
     onset_offset_s: float,
+    members: list[dict[str, Any]] | None = None,
 ) -> ModelSpec:
     cfg = TrainConfig.from_dict(state["config"])
     mc = cfg.model
+    extra = {"ensemble_members": members} if members else {}
     return ModelSpec(
         name=name,
         version=version,
@@ -124,9 +162,20 @@ def build_spec(
             "batch_size": cfg.batch_size,
             "augment_onset_range_s": list(cfg.augment.onset_range_s),
             "exported": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            **extra,
         },
         metrics=metrics,
     ).validate()
+
+
+def threshold_for_fpr(probs: np.ndarray, labels: np.ndarray, target: float) -> float:
+    """The lowest event-probability threshold (4 decimals) that keeps the false-positive
+    rate on noise windows <= target: just above the noise window ranked floor(target * n)."""
+    noise = np.sort(1.0 - probs[labels == 0, 0])[::-1]
+    k = int(np.floor(target * len(noise) + 1e-9))  # false positives allowed
+    if k >= len(noise):
+        return 0.5
+    return float(np.floor(noise[k] * 1e4) / 1e4 + 1e-4)
 
 
 def threshold_for_recall(probs: np.ndarray, labels: np.ndarray, target: float) -> float:
@@ -167,13 +216,14 @@ def calibrate_onset_offset(model: DetectorNet, t, idx: np.ndarray, cfg: TrainCon
 
 
 def export(
-    checkpoint: str | Path,
+    checkpoint: str | Path | list[str | Path] | tuple[str | Path, ...],
     out: str | Path,
     *,
     name: str | None = None,
     version: str = "1",
     templates: str | Path | None = None,
     target_recall: float = 0.95,
+    target_fpr: float | None = None,
     threshold: float | None = None,
     off_ratio: float = 0.5,
     merge_gap_s: float = 5.0,
@@ -183,23 +233,32 @@ def export(
 ) -> ExportResult:
     """Export ``checkpoint`` to ``out``; check it with onnx.checker and for parity with PyTorch.
 
-    The trigger-on threshold is ``threshold`` or else the highest one that keeps the
-    recall on validation event windows >= ``target_recall`` (the operating point with
-    the fewest false alarms at that recall; never below 0.5). Test-split metrics at
-    that threshold go into the spec.
+    ``checkpoint``: one checkpoint or run directory, or several (trained with the same
+    split) exported as one ensemble graph (``EnsembleNet``: mean of their probabilities).
+
+    The trigger-on threshold is ``threshold``; else, with ``target_fpr``, the lowest one
+    that keeps the false-positive rate on validation noise windows <= ``target_fpr`` (the
+    most recall at that false-alarm rate); else the highest one that keeps the recall on
+    validation event windows >= ``target_recall`` (the fewest false alarms at that
+    recall). Never below 0.5. Test-split metrics at that threshold go into the spec.
     """
     import onnxruntime as ort
 
-    threshold_given = threshold
-    model, state = load_checkpoint(checkpoint)
+    model, state, members = load_members(checkpoint)
     cfg = TrainConfig.from_dict(state["config"])
     t = read_templates(templates or cfg.templates)
     split = Split.from_dict(state["split"])
     val = make_eval_set(t, split.val, cfg)
     test = make_eval_set(t, split.test, cfg)
     val_p = predict(model, val.x)
-    if threshold is None:
+    if threshold is not None:
+        rule = "given"
+    elif target_fpr is not None:
+        threshold = max(0.5, threshold_for_fpr(val_p, val.y, target_fpr))
+        rule = f"lowest threshold with validation false-positive rate <= {target_fpr}"
+    else:
         threshold = max(0.5, threshold_for_recall(val_p, val.y, target_recall))
+        rule = f"highest threshold with validation recall >= {target_recall}"
     threshold = float(min(round(threshold, 4), 0.999))
     onset_offset = calibrate_onset_offset(model, t, split.val, cfg)
 
@@ -223,9 +282,7 @@ def export(
         "split": "test",
         "split_by": split.by,
         "threshold": threshold,
-        "threshold_rule": f"highest threshold with validation recall >= {target_recall}"
-        if threshold_given is None
-        else "given",
+        "threshold_rule": rule,
         "test": binary_metrics(test_p, test.y, threshold),
         "val": binary_metrics(ort_p[: len(val.x)], val.y, threshold),
         "eval_onsets_s": list(cfg.eval_onsets_s),
@@ -243,6 +300,7 @@ def export(
         trained_on=trained_on,
         step_s=step_s,
         onset_offset_s=onset_offset,
+        members=members,
     )
     m = onnx.load_from_string(raw)
     m.producer_name = "quakescan"
@@ -264,7 +322,7 @@ def export(
     return ExportResult(path=out, spec=spec, max_abs_diff=diff, n_parity_windows=len(parity_x))
 
 
-def net_from_onnx(path: str | Path) -> tuple[DetectorNet, str]:
+def net_from_onnx(path: str | Path) -> tuple[DetectorNet | EnsembleNet, str]:
     """The PyTorch ``DetectorNet`` behind a quakescan ONNX file, and how its weights were matched.
 
     A ``ModelConfig`` from the file's spec, then every parameter from the graph's
@@ -291,7 +349,12 @@ def net_from_onnx(path: str | Path) -> tuple[DetectorNet, str]:
         class_names=list(spec.class_names),
         preparation=PreparationConfig(bandpass_hz=prep.bandpass_hz, fir_taps=prep.fir_taps),
     )
-    net = DetectorNet(cfg)
+    n_members = len(spec.training.get("ensemble_members") or [None])
+    net = (
+        DetectorNet(cfg)
+        if n_members == 1
+        else EnsembleNet([DetectorNet(cfg) for _ in range(n_members)])
+    )
     inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
     state = net.state_dict()
     # A weight the exporter folded (ConvNetQuake's 1-D kernels become 2-D ones of height 1,

@@ -114,3 +114,40 @@ class DetectorNet(nn.Module):
             return loss, torch.stack([1 - p, p], dim=1)
         loss = nn.functional.cross_entropy(out, y, weight=class_weights)
         return loss, torch.softmax(out, dim=1)
+
+
+class EnsembleNet(nn.Module):
+    """Several trained ``DetectorNet``s of one configuration as one model: the window
+    preparation once, then each member's network, then the mean of their probabilities.
+
+    Members trained with different seeds disagree on the windows none of them has
+    learned well; averaging cuts that variance, which dominates on small template sets.
+    """
+
+    def __init__(self, members: list[DetectorNet]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        first = members[0].cfg
+        for i, m in enumerate(members[1:], start=2):
+            if m.cfg.to_dict() != first.to_dict():
+                diff = sorted(k for k, v in m.cfg.to_dict().items() if first.to_dict().get(k) != v)
+                raise ValueError(
+                    f"ensemble member {i} has another model configuration than member 1 "
+                    f"(differs in {', '.join(diff)})"
+                )
+        self.cfg = first
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first = self.members[0]
+        x = first.prep(x)  # the same fixed preparation in every member
+        if first.spectrogram is not None:
+            x = first.spectrogram(x)
+        probs = []
+        for m in self.members:
+            out = m.net(x)
+            probs.append(
+                torch.cat([1 - out, out], 1) if self.cfg.binary_sigmoid else out.softmax(1)
+            )
+        return torch.stack(probs).mean(0)

@@ -45,7 +45,13 @@ class TrainConfig:
     lr: float = 1e-3
     lr_schedule: str = "cosine"  # or "constant"; cosine decays to 5% of lr at the last epoch
     weight_decay: float = 0.0
+    # Exponential moving average of the weights (0 = off): validation, checkpoints and
+    # export use the averaged weights, which vary less from seed to seed on small sets.
+    ema_decay: float = 0.0
     seed: int = 0
+    # Seed of the train / validation / test split (None: the same as ``seed``), so that
+    # runs with different training seeds can share one split and be compared.
+    split_seed: int | None = None
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     split_by: str = "auto"
@@ -189,7 +195,7 @@ def train(
             t,
             val_fraction=cfg.val_fraction,
             test_fraction=cfg.test_fraction,
-            seed=cfg.seed,
+            seed=cfg.seed if cfg.split_seed is None else cfg.split_seed,
             by=cfg.split_by,
         )
     (out / "split.json").write_text(json.dumps(split.to_dict()))
@@ -198,10 +204,24 @@ def train(
     torch.manual_seed(cfg.seed)
     model = DetectorNet(cfg.model)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if not 0.0 <= cfg.ema_decay < 1.0:
+        raise ValueError(f"ema_decay {cfg.ema_decay}: expected 0 (off) or a value in (0, 1)")
+    ema = (
+        torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay)
+        )
+        if cfg.ema_decay > 0
+        else None
+    )
     history: list[dict[str, Any]] = []
     best_val, bad_epochs, start_epoch = float("inf"), 0, 0
     if state is not None:
-        model.load_state_dict(state["model"])
+        if ema is not None:
+            model.load_state_dict(state["raw_model"])
+            ema.module.load_state_dict(state["model"])
+            ema.n_averaged.fill_(state["ema_n_averaged"])
+        else:
+            model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         history = state["history"]
         best_val, bad_epochs, start_epoch = (
@@ -285,11 +305,14 @@ def train(
             loss, p = model.loss(xb, yb, weights)
             loss.backward()
             opt.step()
+            if ema is not None:
+                ema.update_parameters(model)
             run_loss += float(loss.detach()) * len(y)
             run_correct += int((p.argmax(1) == yb).sum())
             seen += len(y)
             bar.set_postfix(loss=f"{run_loss / seen:.4f}")
-        val_loss, val_p = evaluate_loss(model, val)
+        eval_model = model if ema is None else ema.module
+        val_loss, val_p = evaluate_loss(eval_model, val)
         vm = binary_metrics(val_p, val.y)
         rec = {
             "epoch": epoch + 1,
@@ -310,7 +333,7 @@ def train(
         else:
             bad_epochs += 1
         ck = {
-            "model": model.state_dict(),
+            "model": eval_model.state_dict(),
             "optimizer": opt.state_dict(),
             "epoch": epoch + 1,
             "config": cfg.to_dict(),
@@ -322,6 +345,9 @@ def train(
             "templates_counts": t.counts(),
             "templates_dropped": t.dropped,
         }
+        if ema is not None:  # "model" holds the averaged weights, the ones exported
+            ck["raw_model"] = model.state_dict()
+            ck["ema_n_averaged"] = int(ema.n_averaged)
         _save(last, ck)
         if improved:
             _save(out / "best.pt", ck)

@@ -235,15 +235,8 @@ def test_augmentation_keeps_labels_meaningful(small):
     assert same is x
 
 
-def test_glitch_augmentation_adds_transients_to_noise_windows_only(small):
-    """Spikes, steps and decaying pulses go into real noise windows (labelled noise), never
-    into event windows, at the asked amplitude relative to the window's own noise."""
-    rng = np.random.default_rng(3)
-    idx = np.r_[np.flatnonzero(small.labels == 0)[:30], np.flatnonzero(small.labels == 1)[:30]]
-    x, y = small.windows[idx].astype(np.float32), small.labels[idx]
-    off = dict(
-        shift=False, sampling_rate_hz=100.0, vertical_index=2
-    )  # everything else switched off, so the differences are the glitches
+def _only(**kw):
+    """An AugmentConfig with everything off but what is named."""
     base = dict(
         mix_p=0.0,
         noisy_horizontals_p=0.0,
@@ -254,8 +247,20 @@ def test_glitch_augmentation_adds_transients_to_noise_windows_only(small):
         balance_vertical_only=False,
         drop_channel_p=0.0,
     )
+    return AugmentConfig(**{**base, **kw})
+
+
+def test_glitch_augmentation_adds_transients_to_noise_windows_only(small):
+    """Spikes, steps and decaying pulses go into real noise windows (labelled noise), never
+    into event windows, at the asked amplitude relative to the window's own noise."""
+    rng = np.random.default_rng(3)
+    idx = np.r_[np.flatnonzero(small.labels == 0)[:30], np.flatnonzero(small.labels == 1)[:30]]
+    x, y = small.windows[idx].astype(np.float32), small.labels[idx]
+    off = dict(
+        shift=False, sampling_rate_hz=100.0, vertical_index=2
+    )  # everything else switched off, so the differences are the glitches
     for kind in ("spike", "step", "pulse"):
-        cfg = AugmentConfig(glitch_p=1.0, glitch_amp=(50.0, 50.0), glitch_kinds=(kind,), **base)
+        cfg = _only(glitch_p=1.0, glitch_amp=(50.0, 50.0), glitch_kinds=(kind,))
         out = augment_batch(x, y, x[:0], cfg, rng, **off)
         d = (out - x).astype(np.float64)
         assert not d[y == 1].any(), "event windows are left alone"
@@ -268,10 +273,67 @@ def test_glitch_augmentation_adds_transients_to_noise_windows_only(small):
         if kind == "spike":
             assert (np.count_nonzero(d[y == 0], axis=2) <= 1).all()
     # glitch_classes="all": both classes alike (no "a glitch means noise" shortcut).
-    cfg = AugmentConfig(glitch_p=1.0, glitch_classes="all", **base)
+    cfg = _only(glitch_p=1.0, glitch_classes="all")
     d = augment_batch(x, y, x[:0], cfg, rng, **off) - x
     assert (np.abs(d).max(axis=(1, 2)) > 0).all()
     with pytest.raises(ValueError, match="glitch_kinds"):
         AugmentConfig(glitch_kinds=("earthquake",))
     with pytest.raises(ValueError, match="glitch_classes"):
         AugmentConfig(glitch_classes="events")
+
+
+def test_burst_glitches_are_short_oscillations_in_noise_windows(small):
+    """The 'burst' kind: one to four short wavelets (machinery, footsteps, traffic), in real
+    noise windows only unless glitch_classes='all'."""
+    rng = np.random.default_rng(4)
+    idx = np.r_[np.flatnonzero(small.labels == 0)[:30], np.flatnonzero(small.labels == 1)[:30]]
+    x, y = small.windows[idx].astype(np.float32), small.labels[idx]
+    off = dict(shift=False, sampling_rate_hz=100.0, vertical_index=2)
+    cfg = _only(glitch_p=1.0, glitch_amp=(20.0, 20.0), glitch_kinds=("burst",))
+    d = (augment_batch(x, y, x[:0], cfg, rng, **off) - x).astype(np.float64)
+    assert not d[y == 1].any(), "event windows are left alone"
+    noise = d[y == 0]
+    assert (np.abs(noise).max(axis=(1, 2)) > 0).all()
+    for w in noise:
+        ch = w[np.abs(w).max(axis=1) > 0][0]
+        # Oscillatory (both signs, many zero crossings) and short: most of its energy lies
+        # in under 40 % of the 10 s window, even with four bursts.
+        assert ch.max() > 0 > ch.min()
+        assert np.count_nonzero(np.diff(np.sign(ch[np.abs(ch) > 1e-3 * np.abs(ch).max()]))) > 4
+        e = np.sort(ch**2)[::-1]
+        assert np.searchsorted(np.cumsum(e) / e.sum(), 0.95) < 0.4 * len(ch)
+    cfg = _only(glitch_p=1.0, glitch_kinds=("burst",), glitch_classes="all")
+    d = augment_batch(x, y, x[:0], cfg, rng, **off) - x
+    assert (np.abs(d).max(axis=(1, 2)) > 0).all(), "both classes alike"
+
+
+def test_dead_channel_augmentation_keeps_one_live_channel_in_both_classes(small):
+    """dead_channel_p: one or two live channels become white noise (a dead sensor's
+    digitiser noise), in both classes alike; at least one live channel keeps its data, and
+    vertical-only windows (one live channel) are left alone."""
+    rng = np.random.default_rng(5)
+    idx = np.r_[np.flatnonzero(small.labels == 0)[:40], np.flatnonzero(small.labels == 1)[:40]]
+    x, y = small.windows[idx].astype(np.float32), small.labels[idx]
+    x[:5, :2] = 0.0  # five vertical-only windows
+    out = augment_batch(
+        x,
+        y,
+        x[:0],
+        _only(dead_channel_p=1.0),
+        rng,
+        shift=False,
+        sampling_rate_hz=100.0,
+        vertical_index=2,
+    )
+    kept = (out == x).all(axis=2)  # [n, c] channels left as they were
+    assert kept[:5].all(), "vertical-only windows have nothing to spare"
+    three = np.flatnonzero((np.abs(x).max(axis=2) > 0).all(axis=1))  # three live channels
+    assert len(three) > 20
+    n_dead = 3 - kept[three].sum(axis=1)
+    assert set(n_dead) == {1, 2}, "one or two channels, never all three"
+    assert (n_dead[y[three] == 0] > 0).all() and (n_dead[y[three] == 1] > 0).all()
+    i, ch = next((i, c) for i in three for c in range(3) if not kept[i, c])
+    np.testing.assert_allclose(out[i, ch].std(), x[i, ch].std(), rtol=0.15)
+    # White: no memory from one sample to the next, unlike real ground motion.
+    r = np.corrcoef(out[i, ch, :-1], out[i, ch, 1:])[0, 1]
+    assert abs(r) < 0.15

@@ -289,3 +289,83 @@ def test_export_rebuilds_an_older_model_file(data_dir, tmp_path):
     # Without real windows to check against, it refuses, naming what is missing.
     res = CliRunner().invoke(cli, ["export", str(old), "--out", str(tmp_path / "x.onnx")])
     assert res.exit_code != 0 and "--templates" in res.output
+
+
+def test_weight_averaging_resumes_exactly_and_shares_a_split_across_seeds(run, data_dir, tmp_path):
+    """ema_decay: checkpoints hold the averaged weights (what export uses) and the raw ones
+    (what training continues from); an interrupted run resumes to the same model. split_seed
+    lets runs with other training seeds be compared on the same held-out stations."""
+    kw = dict(ema_decay=0.9, seed=5, split_seed=0)
+    train(_cfg(data_dir, tmp_path / "straight", 3, **kw), progress=False)
+    train(_cfg(data_dir, tmp_path / "resumed", 3, **kw), progress=False, stop_after=2)
+    train(_cfg(data_dir, tmp_path / "resumed", 3, **kw), resume=True, progress=False)
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)
+    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=False)
+    for key in ("model", "raw_model"):
+        for k in a[key]:
+            assert torch.equal(a[key][k], b[key][k]), (key, k)
+    assert a["ema_n_averaged"] == b["ema_n_averaged"] > 0
+    assert any(not torch.equal(a["model"][k], a["raw_model"][k]) for k in a["model"])
+    # The exported network is the averaged one.
+    r = export(tmp_path / "straight", tmp_path / "ema.onnx")
+    assert r.max_abs_diff < 1e-4
+    # Training seed 5 with split_seed 0 holds out the same stations as the seed-0 run.
+    out, _ = run
+    assert json.loads((tmp_path / "straight" / "split.json").read_text()) == json.loads(
+        (out / "split.json").read_text()
+    )
+    with pytest.raises(ValueError, match="ema_decay"):
+        train(_cfg(data_dir, tmp_path / "bad", 1, ema_decay=1.0), progress=False)
+
+
+def test_runs_of_several_seeds_export_as_one_ensemble_graph(run, data_dir, tmp_path):
+    """Several checkpoints with one split -> one ONNX file whose probabilities are the mean
+    of the members'; its spec names the members; the PyTorch model can be rebuilt from it;
+    members with another split are refused, naming the file."""
+    from training.export import net_from_onnx, threshold_for_fpr
+    from training.templates import read_templates
+
+    out, _ = run
+    second = tmp_path / "seed7"
+    train(_cfg(data_dir, second, 2, seed=7, split_seed=0), progress=False)
+    one_a = export(out, tmp_path / "a.onnx")
+    one_b = export(second, tmp_path / "b.onnx")
+    ens = export([out, second], tmp_path / "ens.onnx", target_fpr=0.01)
+    assert ens.max_abs_diff < 1e-4
+    members = ens.spec.training["ensemble_members"]
+    assert [m["seed"] for m in members] == [0, 7]
+    t = read_templates(data_dir / "templates_small.h5")
+    x = t.windows[:64, :, :1000]
+    pa, pb, pe = (OnnxModel(r.path, device="cpu").predict(x) for r in (one_a, one_b, ens))
+    np.testing.assert_allclose(pe, (pa + pb) / 2, atol=1e-5)
+    assert not np.allclose(pa, pb, atol=1e-3), "the members are different networks"
+    # The threshold rule: validation false-positive rate at most 1 %, as low as that allows.
+    assert "false-positive rate <= 0.01" in ens.spec.metrics["threshold_rule"]
+    assert ens.spec.metrics["val"]["false_positive_rate"] <= 0.01
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.05, 0.95]])
+    assert threshold_for_fpr(probs, np.array([0, 0, 0, 1]), 0.0) == pytest.approx(0.8001)
+    assert threshold_for_fpr(probs, np.array([0, 0, 0, 1]), 0.34) == pytest.approx(0.6001)
+    # The benchmark's PyTorch twin is rebuilt from the file alone.
+    net, how = net_from_onnx(ens.path)
+    assert how == "by name"
+    with torch.no_grad():
+        np.testing.assert_allclose(net(torch.from_numpy(x)).numpy(), pe, atol=1e-4)
+    # A member that held out other stations is refused.
+    other = tmp_path / "seed3"
+    train(_cfg(data_dir, other, 1, seed=3), progress=False)
+    with pytest.raises(ValueError, match="seed3.*same split_seed"):
+        export([out, other], tmp_path / "bad.onnx")
+    res = CliRunner().invoke(
+        cli,
+        [
+            "export",
+            str(out),
+            str(second),
+            "--out",
+            str(tmp_path / "c.onnx"),
+            "--target-fpr",
+            "0.01",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "ensemble of 2 members" in res.output
