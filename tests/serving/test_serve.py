@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from detector import Detector
 from detector.catalog import read_catalog
+from detector.model import OnnxModel, resolve_model_path
 from detector.sources import sample_paths
 from serving.cli import cli
 from serving.config import load_config
@@ -221,6 +222,7 @@ def test_in_process_metrics_count_what_they_name(tmp_path):
         for s in fam.samples
         if s.value == 1 and s.name == "quakescan_model_info"
     ]
+    shipped = OnnxModel(resolve_model_path(None), device="cpu").spec
     assert [s.labels for s in info] == [
-        {"model": "convnetquake", "version": "1", "provider": "CPUExecutionProvider"}
+        {"model": "convnetquake", "version": shipped.version, "provider": "CPUExecutionProvider"}
     ]
