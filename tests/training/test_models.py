@@ -23,7 +23,7 @@ from training.models import (
     SlowEarthquakeConfig,
     count_parameters,
 )
-from training.pipeline import DetectorNet, ModelConfig
+from training.pipeline import DetectorNet, EnsembleNet, ModelConfig
 
 
 def test_convnetquake_matches_the_paper():
@@ -113,6 +113,16 @@ def test_detector_net_outputs_probabilities_for_both_architectures():
         p = net(x)
         assert p.shape == (4, 2)
         assert torch.allclose(p.sum(1), torch.ones(4), atol=1e-6)
+    # An ensemble of either architecture: the mean of its members' probabilities.
+    for arch in ("convnetquake", "slow-earthquake"):
+        torch.manual_seed(1)
+        members = [DetectorNet(ModelConfig(architecture=arch)).eval() for _ in range(2)]
+        with torch.no_grad():
+            want = (members[0](x) + members[1](x)) / 2
+            got = EnsembleNet(members).eval()(x)
+        assert torch.allclose(got, want, atol=1e-6)
+    with pytest.raises(ValueError, match="member 2 .*differs in window_samples"):
+        EnsembleNet([DetectorNet(ModelConfig()), DetectorNet(ModelConfig(window_samples=1200))])
     with pytest.raises(ValueError, match="unknown architecture"):
         ModelConfig(architecture="resnet")
     with pytest.raises(ValueError, match="exactly two classes"):
