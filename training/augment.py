@@ -42,11 +42,12 @@ class AugmentConfig:
     # Swap the two horizontals (a station rotated by 90 degrees, or mislabelled
     # E/N), in both classes alike.
     swap_horizontals_p: float = 0.25
-    # Add an instrument glitch to noise windows: a one-sample spike, a step, or a
-    # one-sided decaying pulse (tau up to glitch_tau_s), on one channel or all,
+    # Add a glitch to noise windows (see glitch_classes): a one-sample spike, a step,
+    # a one-sided decaying pulse (tau up to glitch_tau_s), or "burst": one to four
+    # short 2-15 Hz wavelets (machinery, footsteps, traffic); on one channel or all,
     # glitch_amp times the window's high-passed RMS. Real stations have them
-    # (telemetry spikes, mass re-centring, cal pulses); without examples a
-    # model takes any sharp transient for an onset.
+    # (telemetry spikes, mass re-centring, cal pulses, cultural noise); without
+    # examples a model takes any sharp transient for an onset.
     glitch_p: float = 0.0
     glitch_amp: tuple[float, float] = (5.0, 300.0)
     glitch_tau_s: float = 1.0
