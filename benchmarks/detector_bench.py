@@ -50,8 +50,6 @@ from typing import Any
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere: import detector/ and training/
-    sys.path.insert(0, str(REPO_ROOT))
 
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
 DETECTOR_BATCH = 256  # Detector's default batch_size
@@ -184,8 +182,7 @@ def _version(module: str) -> str | None:
 def resolve_device(device: str) -> str:
     """'auto' -> 'cuda' when ONNX Runtime's CUDA provider and an NVIDIA driver are both there."""
     import onnxruntime as ort
-
-    from detector.model import gpu_present
+    from quakescan.detector.model import gpu_present
 
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"--device {device!r}: expected auto, cpu or cuda")
@@ -280,12 +277,12 @@ def load_torch_net(model_path: str, checkpoint: str | None) -> tuple[Any, str]:
     The caller checks parity with ONNX Runtime before trusting it.
     """
     if checkpoint:
-        from training.export import load_checkpoint
+        from quakescan.training.export import load_checkpoint
 
         net, _ = load_checkpoint(checkpoint)
         return net.eval(), f"checkpoint {checkpoint}"
 
-    from training.export import net_from_onnx
+    from quakescan.training.export import net_from_onnx
 
     net, how = net_from_onnx(model_path)
     return net, f"rebuilt from {Path(model_path).name} (spec config, weights {how})"
@@ -317,10 +314,9 @@ def prepared_windows(path: str, model_path: str, step_s: float | None) -> dict[s
     [(data float32[C, n], k int64[m], offset int64[m])].
     """
     import obspy
-
-    from detector.model import OnnxModel
-    from detector.prepare import prepare_stream
-    from detector.windows import grid_windows
+    from quakescan.detector.model import OnnxModel
+    from quakescan.detector.prepare import prepare_stream
+    from quakescan.detector.windows import grid_windows
 
     spec = OnnxModel(model_path, device="cpu").spec
     step = float(step_s if step_s is not None else spec.step_s)
@@ -378,7 +374,7 @@ def proposed_iter_batches(
     Same contract (a reused float32[b, C, W] buffer per batch); the only
     change is ``gather_windows`` in place of ``np.take(view, idx, axis=0, out=out)``.
     """
-    from detector.windows import window_view
+    from quakescan.detector.windows import window_view
 
     if len(offsets) == 0:
         return
@@ -398,7 +394,7 @@ def shipped_gather_copy_factor() -> float:
     """
     import tracemalloc
 
-    from detector.windows import iter_batches
+    from quakescan.detector.windows import iter_batches
 
     data = np.zeros((3, 6000), np.float32)
     offsets = np.arange(0, 6000 - 1000 + 1, 100)
@@ -422,7 +418,7 @@ def iter_ready_batches(
 
     ``limit``: stop after that many windows (the batch-size sweep).
     """
-    from detector.windows import window_view
+    from quakescan.detector.windows import window_view
 
     left = limit
     for data, k, off in segments:
@@ -494,9 +490,8 @@ def worker_build(cfg: dict[str, Any]) -> dict[str, Any]:
 def worker_parity(cfg: dict[str, Any]) -> dict[str, Any]:
     """PyTorch vs ONNX Runtime on real windows spread over the day; SeisBench likewise."""
     import torch
-
-    from detector.model import OnnxModel
-    from detector.windows import window_view
+    from quakescan.detector.model import OnnxModel
+    from quakescan.detector.windows import window_view
 
     pw = prepared_windows(cfg["mseed"], cfg["model"], cfg["step_s"])
     spec = pw["spec"]
@@ -519,8 +514,7 @@ def worker_parity(cfg: dict[str, Any]) -> dict[str, Any]:
     }
     if cfg["run_seisbench"]:
         import obspy
-
-        from detector.windows import step_ns
+        from quakescan.detector.windows import step_ns
 
         st = obspy.read(cfg["mseed"])
         t0 = st[0].stats.starttime
@@ -548,12 +542,11 @@ def worker_e2e(cfg: dict[str, Any], patched: bool = False) -> dict[str, Any]:
     patched: the what-if run, with ``proposed_iter_batches`` in place of the shipped gather.
     """
     import obspy
-
-    import detector.core
-    from detector.core import Detector, RunStats
+    from quakescan.detector import core as detector_core
+    from quakescan.detector.core import Detector, RunStats
 
     if patched:
-        detector.core.iter_batches = proposed_iter_batches
+        detector_core.iter_batches = proposed_iter_batches
 
     rss_start = rss_mb()
     t0 = time.perf_counter()
@@ -606,10 +599,9 @@ def worker_profile(cfg: dict[str, Any]) -> dict[str, Any]:
     import pstats
 
     import obspy
-
-    from detector.core import Detector
-    from detector.prepare import prepare_stream
-    from detector.windows import grid_windows, iter_batches
+    from quakescan.detector.core import Detector
+    from quakescan.detector.prepare import prepare_stream
+    from quakescan.detector.windows import grid_windows, iter_batches
 
     gather = cfg["profile_gather"]
     if gather == "proposed":
@@ -696,8 +688,7 @@ def worker_profile(cfg: dict[str, Any]) -> dict[str, Any]:
 def ort_op_profile(cfg: dict[str, Any], segs: list[Any], spec: Any) -> list[tuple[str, float]]:
     """Share of ONNX Runtime's node time by operator type, over a few batches (profiling on)."""
     import onnxruntime as ort
-
-    from detector.windows import window_view
+    from quakescan.detector.windows import window_view
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -918,7 +909,7 @@ def seisbench_model(net: Any, spec: Any, step_s: float, device: str) -> Any:
 
 def annotations_to_probs(ann: Any, spec: Any, step_s: float) -> tuple[np.ndarray, np.ndarray]:
     """SeisBench annotation traces -> (grid index k int64[n], probabilities float32[n, classes])."""
-    from detector.windows import step_ns
+    from quakescan.detector.windows import step_ns
 
     cols = []
     k0 = None
@@ -946,8 +937,7 @@ def worker_seisbench(cfg: dict[str, Any]) -> dict[str, Any]:
     import obspy
     import seisbench
     import torch
-
-    from detector.model import OnnxModel
+    from quakescan.detector.model import OnnxModel
 
     if cfg["threads"] is not None:
         torch.set_num_threads(cfg["threads"])
@@ -1451,7 +1441,7 @@ def main(argv: list[str] | None = None) -> int:
             f"benchmark data not found: {src} lacks {', '.join(missing)}. Pass --data-dir "
             "pointing at the shared data folder (the one holding reunion_noise/)."
         )
-    from detector.model import OnnxModel, resolve_model_path
+    from quakescan.detector.model import OnnxModel, resolve_model_path
 
     model = str(resolve_model_path(args.model))
     spec = OnnxModel(model, device="cpu").spec

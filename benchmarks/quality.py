@@ -63,23 +63,20 @@ from typing import Any
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere: import detector/ and training/
-    sys.path.insert(0, str(REPO_ROOT))
 
 import obspy  # noqa: E402
 import scipy.signal  # noqa: E402
 from numpy.lib.stride_tricks import sliding_window_view  # noqa: E402
 from obspy import Stream, UTCDateTime  # noqa: E402
 from obspy.signal.trigger import recursive_sta_lta, trigger_onset  # noqa: E402
-
-from detector.associate import associate  # noqa: E402
-from detector.catalog import Detection, format_time  # noqa: E402
-from detector.core import Detector, StationProbabilities  # noqa: E402
-from detector.model import OnnxModel, resolve_model_path  # noqa: E402
-from detector.prepare import Segment  # noqa: E402
-from detector.score import ReferenceTime, score  # noqa: E402
-from detector.stalta import StaLtaParams  # noqa: E402
-from detector.windows import grid_windows  # noqa: E402
+from quakescan.detector.associate import associate  # noqa: E402
+from quakescan.detector.catalog import Detection, format_time  # noqa: E402
+from quakescan.detector.core import Detector, StationProbabilities  # noqa: E402
+from quakescan.detector.model import OnnxModel, resolve_model_path  # noqa: E402
+from quakescan.detector.prepare import Segment  # noqa: E402
+from quakescan.detector.score import ReferenceTime, score  # noqa: E402
+from quakescan.detector.stalta import StaLtaParams  # noqa: E402
+from quakescan.detector.windows import grid_windows  # noqa: E402
 
 log = logging.getLogger("quality")
 
@@ -184,7 +181,7 @@ class HeldOut:
 
 
 def _sha256(path: Path) -> str:
-    from training.templates import file_sha256
+    from quakescan.training.templates import file_sha256
 
     return file_sha256(path)
 
@@ -245,7 +242,7 @@ def _heldout_from_run(run: Path, spec_training: dict[str, Any], strict: bool) ->
             notes.append(
                 f"WARNING: split {key} {split.get(key)} != model's {spec_training[spec_key]}"
             )
-    from training.templates import read_templates
+    from quakescan.training.templates import read_templates
 
     t = read_templates(templates)
     sta = np.asarray([str(s).upper() for s in t.station])
@@ -684,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    logging.getLogger("detector.prepare").setLevel(logging.ERROR)
+    logging.getLogger("quakescan.detector.prepare").setLevel(logging.ERROR)
 
     data_dir = resolve_dir(args.data_dir)
     if not data_dir.is_dir():

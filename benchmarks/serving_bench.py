@@ -176,7 +176,7 @@ class RealtimeFeed:
 
 # ========================================================================= roles
 def _role_config(args, tmp: Path):
-    from serving.config import load_config
+    from quakescan.serving.config import load_config
 
     env = {"QUAKESCAN_BROKER_URL": args.broker, "QUAKESCAN_REDIS_URL": args.broker}
     return load_config(
@@ -195,12 +195,11 @@ def _role_config(args, tmp: Path):
 def role_feeder(args) -> None:
     """The feeder process: RealtimeFeed -> Feeder -> Celery detect queue (quakescan feed's wiring)."""
     from prometheus_client import CollectorRegistry
-
-    from serving.app import make_app
-    from serving.bus import redis_client
-    from serving.commands import _model_geometry, celery_sender, redis_progress
-    from serving.feeder import Feeder
-    from serving.metrics import Metrics
+    from quakescan.serving.app import make_app
+    from quakescan.serving.bus import redis_client
+    from quakescan.serving.commands import _model_geometry, celery_sender, redis_progress
+    from quakescan.serving.feeder import Feeder
+    from quakescan.serving.metrics import Metrics
 
     tmp = Path(args.tmp)
     cfg = _role_config(args, tmp)
@@ -283,11 +282,10 @@ class _Recorder:
 def role_sink(args) -> None:
     """The sink process: quakescan sink's wiring, with the latency histograms recorded."""
     from prometheus_client import CollectorRegistry
-
-    from serving.bus import RedisStream, redis_client
-    from serving.config import PROB_STREAM
-    from serving.metrics import Metrics
-    from serving.sink import CatalogFiles, RedisDetections, RedisState, Sink
+    from quakescan.serving.bus import RedisStream, redis_client
+    from quakescan.serving.config import PROB_STREAM
+    from quakescan.serving.metrics import Metrics
+    from quakescan.serving.sink import CatalogFiles, RedisDetections, RedisState, Sink
 
     tmp = Path(args.tmp)
     cfg = _role_config(args, tmp)
@@ -409,8 +407,7 @@ def machine() -> dict[str, Any]:
         versions = {}
     rs = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout
     import obspy
-
-    from detector.model import OnnxModel
+    from quakescan.detector.model import OnnxModel
 
     provider = OnnxModel(None, device="auto", threads=1).provider  # what a worker picks
     return {
@@ -494,7 +491,7 @@ class Services:
         mp.mkdir(exist_ok=True)
         argv = ["worker", "-c", str(self.args.concurrency), "--metrics-port", "0"]
         argv += ["-n", f"bench{os.getpid()}-{time.time_ns()}@%h"]
-        cmd = [sys.executable, "-m", "serving.cli", *argv]
+        cmd = [sys.executable, "-m", "quakescan.serving.cli", *argv]
         p = self._popen("worker", cmd, self.env(PROMETHEUS_MULTIPROC_DIR=str(mp)))
         deadline = time.time() + 90
         while time.time() < deadline:

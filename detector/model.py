@@ -28,7 +28,7 @@ _SHIPPED = {
 
 def shipped_models() -> dict[str, Path]:
     """Names and paths of the models that ship inside the package."""
-    base = resources.files("detector") / "models"
+    base = resources.files("quakescan.detector") / "models"
     return {name: Path(str(base / fname)) for name, fname in _SHIPPED.items()}
 
 

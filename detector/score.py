@@ -39,8 +39,7 @@ from typing import Any, Protocol
 
 import click
 from obspy import UTCDateTime, read_events
-
-from detector.catalog import format_time, read_catalog, write_text_atomic
+from quakescan.detector.catalog import format_time, read_catalog, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -466,7 +465,7 @@ def score_cmd(
         reference = read_reference(catalog_path)
         what = f"{len(detections)} detections"
         if min_stations is not None:
-            from detector.associate import associate
+            from quakescan.detector.associate import associate
 
             detections = associate(detections, min_stations, association_window_s)
             what = f"{len(detections)} network events (>= {min_stations} stations)"

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 def sample_paths() -> list[Path]:
     """The real waveform sample shipped with the package (see detector/data/README.md)."""
-    base = Path(str(resources.files("detector") / "data" / "sample"))
+    base = Path(str(resources.files("quakescan.detector") / "data" / "sample"))
     paths = sorted(base.glob("*.mseed"))
     if not paths:
         raise FileNotFoundError(

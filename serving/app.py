@@ -18,7 +18,10 @@ TASK_BATCH_FINALIZE = "quakescan.batch_finalize"
 def make_app(cfg: ServiceConfig | None = None) -> Celery:
     cfg = cfg or load_config()
     app = Celery(
-        "quakescan", broker=cfg.broker_url, backend=cfg.backend_url, include=["serving.tasks"]
+        "quakescan",
+        broker=cfg.broker_url,
+        backend=cfg.backend_url,
+        include=["quakescan.serving.tasks"],
     )
     content = [cfg.serializer]
     ssl = cfg.ssl_options()

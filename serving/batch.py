@@ -23,18 +23,22 @@ from typing import Any
 
 import numpy as np
 from obspy import Stream, UTCDateTime
-
-from detector.catalog import Detection, detection_from_dict, detection_to_dict, sort_detections
-from detector.prepare import (
+from quakescan.detector.catalog import (
+    Detection,
+    detection_from_dict,
+    detection_to_dict,
+    sort_detections,
+)
+from quakescan.detector.prepare import (
     PrepReport,
     group_by_station,
     prepare_stream,
     read_waveforms,
     station_key,
 )
-from detector.sources import StationSelector, day_starts, iter_sds
-from detector.trigger import StationTrigger
-from detector.windows import grid_windows, iter_batches, step_ns
+from quakescan.detector.sources import StationSelector, day_starts, iter_sds
+from quakescan.detector.trigger import StationTrigger
+from quakescan.detector.windows import grid_windows, iter_batches, step_ns
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +89,7 @@ class JobSpec:
 def plan_files(paths: list[str]) -> list[dict[str, Any]]:
     """Station-day items from waveform files (headers only are read here)."""
     import obspy
-
-    from detector.prepare import expand_paths
+    from quakescan.detector.prepare import expand_paths
 
     groups: dict[tuple[str, str], set[str]] = {}
     days: dict[tuple[str, str], set[str]] = {}

@@ -20,10 +20,9 @@ from typing import Any
 import numpy as np
 import obspy
 from obspy import Stream, Trace, UTCDateTime
-
-from detector.core import Detector
-from detector.prepare import PrepReport, prepare_stream
-from detector.windows import grid_windows, iter_batches
+from quakescan.detector.core import Detector
+from quakescan.detector.prepare import PrepReport, prepare_stream
+from quakescan.detector.windows import grid_windows, iter_batches
 
 MESSAGE_VERSION = 1
 

@@ -14,21 +14,21 @@ import click
 # name -> "module:attribute", grouped as in the README
 SUBCOMMANDS: dict[str, str] = {
     # training
-    "templates": "training.cli:templates",
-    "train": "training.cli:train_cmd",
-    "evaluate": "training.cli:evaluate_cmd",
-    "export": "training.cli:export_cmd",
+    "templates": "quakescan.training.cli:templates",
+    "train": "quakescan.training.cli:train_cmd",
+    "evaluate": "quakescan.training.cli:evaluate_cmd",
+    "export": "quakescan.training.cli:export_cmd",
     # detector
-    "detect": "detector.cli:detect_cmd",
-    "plot": "detector.cli:plot_cmd",
-    "score": "detector.cli:score_cmd",
-    "models": "detector.cli:models_cmd",
+    "detect": "quakescan.detector.cli:detect_cmd",
+    "plot": "quakescan.detector.cli:plot_cmd",
+    "score": "quakescan.detector.cli:score_cmd",
+    "models": "quakescan.detector.cli:models_cmd",
     # serving
-    "worker": "serving.commands:worker_cmd",
-    "feed": "serving.commands:feed_cmd",
-    "sink": "serving.commands:sink_cmd",
-    "batch": "serving.commands:batch_group",
-    "serve": "serving.commands:serve_cmd",
+    "worker": "quakescan.serving.commands:worker_cmd",
+    "feed": "quakescan.serving.commands:feed_cmd",
+    "sink": "quakescan.serving.commands:sink_cmd",
+    "batch": "quakescan.serving.commands:batch_group",
+    "serve": "quakescan.serving.commands:serve_cmd",
 }
 
 _HELP = {
@@ -63,7 +63,7 @@ class LazyGroup(click.Group):
             missing = exc.name or "?"
             hint = (
                 "pip install 'quakescan[train]' (after torch==2.13.0)"
-                if module.startswith("training")
+                if module.startswith("quakescan.training")
                 else "reinstall quakescan"
             )
             raise click.ClickException(

@@ -95,7 +95,7 @@ def worker_cmd(config_file, concurrency, queues, pool, model, threads, hostname,
     from .metrics import default_metrics
 
     app = make_app(cfg)
-    import serving.tasks  # noqa: F401  (registers the tasks on the app)
+    import quakescan.serving.tasks  # noqa: F401  (registers the tasks on the app)
 
     @worker_process_shutdown.connect
     def _dead(pid=None, **_kw):
@@ -244,7 +244,7 @@ def redis_progress(client, every_s: float = 0.5):
 
 
 def _model_geometry(cfg) -> tuple[float, float]:
-    from detector.model import OnnxModel
+    from quakescan.detector.model import OnnxModel
 
     spec = OnnxModel(cfg.model, device="cpu", threads=1).spec
     return (cfg.step_s or spec.step_s, spec.window_s)
@@ -445,7 +445,7 @@ def _follow(client, job: str, poll_s: float = 0.5) -> dict:
 
 
 def _fetch(client, job: str, out: str, fmt: str | None) -> None:
-    from detector.catalog import write_catalog
+    from quakescan.detector.catalog import write_catalog
 
     from .batch import job_detections
 
@@ -532,7 +532,7 @@ def serve_cmd(config_file, out_dir, until_done, metrics_port):
         config_file, out_dir=out_dir, broker_url="memory://", result_backend="cache+memory://"
     )
     if not cfg.feeds:
-        from detector.sources import sample_paths
+        from quakescan.detector.sources import sample_paths
 
         from .config import FeedConfig
 

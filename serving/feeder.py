@@ -24,8 +24,7 @@ from typing import Any
 
 import numpy as np
 from obspy import Stream, Trace, UTCDateTime
-
-from detector.prepare import COMPONENT_MAP
+from quakescan.detector.prepare import COMPONENT_MAP
 
 from .chunks import Chunk, chunk_phase, chunk_windows, data_span, stream_to_mseed
 from .feeds import Feed

@@ -15,8 +15,7 @@ from pathlib import Path
 
 from celery.worker import WorkController
 from celery.worker import state as worker_state
-
-from detector.catalog import Detection
+from quakescan.detector.catalog import Detection
 
 from .app import make_app
 from .bus import MemoryStream
@@ -46,7 +45,7 @@ class InProcessService:
         self.dead: list[dict] = []
         self.app.quakescan_bus = self.probs
         self.app.quakescan_deadletter = self.dead.append
-        import serving.tasks as tasks
+        import quakescan.serving.tasks as tasks
 
         self.app.quakescan_worker_state = tasks.build_state(self.app, cfg, self.metrics)
         self.detector = self.app.quakescan_worker_state.detector

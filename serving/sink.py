@@ -20,11 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from detector.catalog import Detection, detection_to_dict, read_jsonl, write_csv, write_quakeml
-from detector.model import OnnxModel
-from detector.spec import ModelSpec
-from detector.trigger import StationTrigger, TriggerParams
+from quakescan.detector.catalog import (
+    Detection,
+    detection_to_dict,
+    read_jsonl,
+    write_csv,
+    write_quakeml,
+)
+from quakescan.detector.model import OnnxModel
+from quakescan.detector.spec import ModelSpec
+from quakescan.detector.trigger import StationTrigger, TriggerParams
 
 from .config import DET_STREAM, ServiceConfig
 from .metrics import Metrics

@@ -16,8 +16,7 @@ import redis
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
-
-from detector.core import Detector
+from quakescan.detector.core import Detector
 
 from .app import TASK_BATCH_DAY, TASK_BATCH_FINALIZE, TASK_DETECT, TASK_DETECT_MANY
 from .bus import RedisStream, redis_client

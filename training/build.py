@@ -33,8 +33,7 @@ from pathlib import Path
 import click
 import numpy as np
 from obspy import Stream, Trace, UTCDateTime
-
-from training.templates import write_templates
+from quakescan.training.templates import write_templates
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Build the training set of quakescan's shipped default model from the shared real data.
 
-    python -m training.default_data --shared ../shared/data --out training/data/default_templates.h5
+    python -m quakescan.training.default_data --shared ../shared/data --out training/data/default_templates.h5
 
 Sources (see training/data/README.md for licences):
 
@@ -29,9 +29,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 from obspy import Stream, Trace, UTCDateTime
-
-from training.build import BuildReport, CutResult, WindowSet, cut_templates, write_cut
-from training.templates import read_templates
+from quakescan.training.build import BuildReport, CutResult, WindowSet, cut_templates, write_cut
+from quakescan.training.templates import read_templates
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +301,7 @@ def build_default(
             f"reunion_noise YA.{REUNION_STATION} {REUNION_HOURS[0]:02d}-{REUNION_HOURS[1]:02d} UTC (noise, "
             f"every {REUNION_STRIDE_S:g} s, possible events excluded)",
         ],
-        "script": "python -m training.default_data",
+        "script": "python -m quakescan.training.default_data",
     }
     return write_cut(res, out_path, params=params)
 

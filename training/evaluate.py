@@ -97,7 +97,7 @@ def evaluate(
         raise ValueError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
     model = Path(model)
     if model.suffix == ".onnx" or (not model.exists() and model.suffix == ""):
-        from detector.model import OnnxModel
+        from quakescan.detector.model import OnnxModel
 
         m = OnnxModel(str(model) if model.exists() else model.name, device="cpu")
         state = None

@@ -19,9 +19,8 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-
-from detector.spec import SPEC_KEY, ModelSpec, Preparation, TriggerDefaults
-from detector.trigger import PLATEAU_DELTA
+from quakescan.detector.spec import SPEC_KEY, ModelSpec, Preparation, TriggerDefaults
+from quakescan.detector.trigger import PLATEAU_DELTA
 
 from .metrics import binary_metrics
 from .pipeline import DetectorNet, EnsembleNet

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
 TEMPLATES=training/data/default_templates.h5
 if [ "${REBUILD_TEMPLATES:-0}" = 1 ]; then
-  "$BIN/python" -m training.default_data --shared ../shared/data --out "$TEMPLATES"
+  "$BIN/python" -m quakescan.training.default_data --shared ../shared/data --out "$TEMPLATES"
 fi
 
 # ConvNetQuake: three members (seeds 0, 1, 2; one split), exported as one ensemble graph.

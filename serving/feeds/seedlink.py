@@ -73,9 +73,8 @@ from obspy.clients.seedlink.client.slnetstation import SLNetStation
 from obspy.clients.seedlink.client.slstate import SLState
 from obspy.clients.seedlink.seedlinkexception import SeedLinkException
 from obspy.clients.seedlink.slpacket import SLPacket
-
-from serving.feeds import Emit, Feed
-from serving.metrics import Metrics, default_metrics
+from quakescan.serving.feeds import Emit, Feed
+from quakescan.serving.metrics import Metrics, default_metrics
 
 log = logging.getLogger(__name__)
 

@@ -46,7 +46,7 @@ def load_metric_series() -> dict[str, frozenset[str]]:
 
     saved = os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     try:
-        from serving.metrics import Metrics
+        from quakescan.serving.metrics import Metrics
 
         metrics = Metrics(registry=CollectorRegistry())
     finally:

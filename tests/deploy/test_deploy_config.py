@@ -39,7 +39,7 @@ CLI_VARS = {"QUAKESCAN_LOG_LEVEL"}
 
 @pytest.mark.parametrize("path", STATIONS_FILES, ids=lambda p: str(p.relative_to(DEPLOY)))
 def test_stations_file_loads_with_the_service_config(path):
-    from serving.config import load_config
+    from quakescan.serving.config import load_config
 
     config = load_config(path, env={})
     assert config.feeds, "no [[feeds]]"
@@ -54,12 +54,12 @@ def test_stations_file_loads_with_the_service_config(path):
 @pytest.mark.parametrize("path", STATIONS_FILES, ids=lambda p: str(p.relative_to(DEPLOY)))
 def test_the_feeder_builds_every_feed_of_the_file(path, tmp_path):
     """The real feed constructors accept every option (paths moved to local stand-ins)."""
-    from serving.config import load_config
+    from quakescan.serving.config import load_config
 
     try:
-        from serving.commands import build_feeds
+        from quakescan.serving.commands import build_feeds
     except ImportError as exc:
-        pytest.skip(f"serving.commands is not importable yet: {exc}")
+        pytest.skip(f"quakescan.serving.commands is not importable yet: {exc}")
     for sub in ("sds", "incoming"):
         (tmp_path / sub).mkdir()
     text = (
@@ -84,7 +84,7 @@ def test_stations_example_shows_every_feed_type():
 
 def test_stations_loader_rejects_secrets_in_the_file(tmp_path):
     """The example's rule "no URLs in the file" is the loader's rule too."""
-    from serving.config import ConfigError, load_config
+    from quakescan.serving.config import ConfigError, load_config
 
     bad = tmp_path / "stations.toml"
     bad.write_text('[service]\nbroker_url = "redis://:secret@redis:6379/0"\n')
@@ -95,8 +95,7 @@ def test_stations_loader_rejects_secrets_in_the_file(tmp_path):
 @pytest.mark.parametrize("path", STATIONS_FILES[1:], ids=lambda p: str(p.relative_to(DEPLOY)))
 def test_replay_feed_plays_the_whole_shipped_sample(path):
     from obspy import read
-
-    from serving.config import load_config
+    from quakescan.serving.config import load_config
 
     config = load_config(path, env={})
     replays = [f for f in config.feeds if f.type == "replay"]
@@ -150,7 +149,7 @@ def _deploy_env_names() -> dict[str, str]:
 
 
 def test_every_quakescan_variable_is_one_the_service_reads():
-    from serving import config
+    from quakescan.serving import config
 
     known = set(config._ENV.values()) | CLI_VARS | UNIT_ONLY_VARS
     unknown = {k: v for k, v in _deploy_env_names().items() if k not in known}
@@ -201,8 +200,7 @@ def _command_lines() -> list[tuple[str, list[str]]]:
 
 def test_every_service_command_parses_with_the_real_cli(tmp_path):
     import click
-
-    from serving.cli import cli
+    from quakescan.serving.cli import cli
 
     real_paths = {
         "/etc/quakescan/stations.toml": str(DEPLOY / "config" / "stations.replay.toml"),

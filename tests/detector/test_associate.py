@@ -8,10 +8,14 @@ import random
 import obspy
 import pytest
 from obspy import UTCDateTime
-
-from detector.associate import NetworkEvent, associate, network_event_id, write_network_quakeml
-from detector.catalog import Detection
-from detector.score import read_reference
+from quakescan.detector.associate import (
+    NetworkEvent,
+    associate,
+    network_event_id,
+    write_network_quakeml,
+)
+from quakescan.detector.catalog import Detection
+from quakescan.detector.score import read_reference
 
 T0 = UTCDateTime("2010-09-01T07:30:00Z")
 

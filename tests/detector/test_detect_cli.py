@@ -12,12 +12,11 @@ import obspy
 import pytest
 from click.testing import CliRunner, Result
 from obspy import Stream, UTCDateTime
-
-from detector import Detector
-from detector.catalog import read_catalog
-from detector.model import OnnxModel, shipped_models
-from detector.stalta import StaLtaParams
-from serving.cli import cli
+from quakescan.detector import Detector
+from quakescan.detector.catalog import read_catalog
+from quakescan.detector.model import OnnxModel, shipped_models
+from quakescan.detector.stalta import StaLtaParams
+from quakescan.serving.cli import cli
 
 REUNION = [
     "reunion/YA.UV05.00.HHZ.2010-09-01T0728.mseed",

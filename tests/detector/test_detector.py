@@ -8,10 +8,9 @@ import numpy as np
 import obspy
 import pytest
 from obspy import Stream, UTCDateTime
-
-from detector import Detector
-from detector.model import OnnxModel, shipped_models
-from detector.stalta import StaLtaParams
+from quakescan.detector import Detector
+from quakescan.detector.model import OnnxModel, shipped_models
+from quakescan.detector.stalta import StaLtaParams
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,8 @@ import numpy as np
 import obspy
 import pytest
 from obspy import Stream
-
-from detector.prepare import PrepReport, prepare_stream, read_waveforms
-from detector.windows import grid_windows, iter_batches, window_view
+from quakescan.detector.prepare import PrepReport, prepare_stream, read_waveforms
+from quakescan.detector.windows import grid_windows, iter_batches, window_view
 
 RATE, ORDER, W = 100.0, "ENZ", 1000
 

@@ -124,7 +124,7 @@ class WorkerProcess:
         cmd = [
             sys.executable,
             "-m",
-            "serving.cli",
+            "quakescan.serving.cli",
             "worker",
             "-c",
             str(self.concurrency),

@@ -9,15 +9,14 @@ from pathlib import Path
 
 import redis
 from prometheus_client import CollectorRegistry
-
-from serving.app import make_app
-from serving.bus import RedisStream, redis_client
-from serving.commands import celery_sender, redis_progress
-from serving.config import PROB_STREAM, load_config
-from serving.feeder import Feeder
-from serving.feeds.files import ReplayFeed
-from serving.metrics import Metrics
-from serving.sink import CatalogFiles, RedisDetections, RedisState, Sink
+from quakescan.serving.app import make_app
+from quakescan.serving.bus import RedisStream, redis_client
+from quakescan.serving.commands import celery_sender, redis_progress
+from quakescan.serving.config import PROB_STREAM, load_config
+from quakescan.serving.feeder import Feeder
+from quakescan.serving.feeds.files import ReplayFeed
+from quakescan.serving.metrics import Metrics
+from quakescan.serving.sink import CatalogFiles, RedisDetections, RedisState, Sink
 
 
 def config(broker: str, tmp: Path, **kw):

@@ -15,10 +15,9 @@ import redis
 from click.testing import CliRunner, Result
 from conftest import WorkerProcess
 from obspy import Stream, UTCDateTime
-
-from detector import Detector
-from detector.catalog import read_catalog
-from serving.cli import cli
+from quakescan.detector import Detector
+from quakescan.detector.catalog import read_catalog
+from quakescan.serving.cli import cli
 
 pytestmark = pytest.mark.slow
 

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
-from serving.app import make_app
-from serving.bus import redis_client
-from serving.cli import cli
-from serving.commands import build_feeds
-from serving.config import ConfigError, FeedConfig, ServiceConfig, load_config
-from serving.feeds.files import FolderFeed, ReplayFeed, SDSFollowFeed
+from quakescan.serving.app import make_app
+from quakescan.serving.bus import redis_client
+from quakescan.serving.cli import cli
+from quakescan.serving.commands import build_feeds
+from quakescan.serving.config import ConfigError, FeedConfig, ServiceConfig, load_config
+from quakescan.serving.feeds.files import FolderFeed, ReplayFeed, SDSFollowFeed
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -16,10 +16,9 @@ import pytest
 import redis
 from conftest import REPO, RedisServer, WorkerProcess, service_env
 from obspy import Stream
+from quakescan.detector import Detector
+from quakescan.serving.feeds import Feed
 from svc_harness import Pipeline
-
-from detector import Detector
-from serving.feeds import Feed
 
 pytestmark = pytest.mark.slow
 
@@ -177,7 +176,7 @@ def test_sink_killed_and_restarted_publishes_no_duplicates(tmp_path, reunion_and
             [
                 sys.executable,
                 "-m",
-                "serving.cli",
+                "quakescan.serving.cli",
                 "sink",
                 "--out-dir",
                 str(out_dir),
@@ -219,7 +218,7 @@ def test_sink_killed_and_restarted_publishes_no_duplicates(tmp_path, reunion_and
         w.stop()
         srv.stop()
     assert kills == 3
-    from serving.sink import CatalogFiles
+    from quakescan.serving.sink import CatalogFiles
 
     got = CatalogFiles(out_dir).all()
     assert sorted(map(_key, got)) == sorted(map(_key, local))

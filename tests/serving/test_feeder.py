@@ -19,12 +19,11 @@ import obspy
 import pytest
 from obspy import Stream, Trace, UTCDateTime
 from prometheus_client import CollectorRegistry
-
-from detector import Detector
-from serving.chunks import Chunk, chunk_phase, chunk_probabilities, mseed_to_stream
-from serving.feeder import Feeder, SendError
-from serving.feeds.files import ReplayFeed, SDSFollowFeed
-from serving.metrics import Metrics
+from quakescan.detector import Detector
+from quakescan.serving.chunks import Chunk, chunk_phase, chunk_probabilities, mseed_to_stream
+from quakescan.serving.feeder import Feeder, SendError
+from quakescan.serving.feeds.files import ReplayFeed, SDSFollowFeed
+from quakescan.serving.metrics import Metrics
 
 STEP_S, WINDOW_S = 1.0, 10.0  # the shipped model's geometry
 UV05 = "reunion/YA.UV05.00.HHZ.2010-09-01T0728.mseed"  # 600 s, HHZ only

@@ -15,9 +15,8 @@ import obspy
 import pytest
 from obspy import Trace
 from prometheus_client import CollectorRegistry
-
-from serving.feeds.seedlink import SeedLinkFeed, parse_stream
-from serving.metrics import Metrics
+from quakescan.serving.feeds.seedlink import SeedLinkFeed, parse_stream
+from quakescan.serving.metrics import Metrics
 
 sys.path.insert(0, str(Path(__file__).parent))
 from seedlink_server import SEQ_MODULUS, SeedLinkTestServer  # noqa: E402

@@ -17,16 +17,15 @@ from click.testing import CliRunner, Result
 from conftest import free_port
 from obspy import Stream
 from prometheus_client import CollectorRegistry
-
-from detector import Detector
-from detector.catalog import read_catalog
-from detector.model import OnnxModel, resolve_model_path
-from detector.sources import sample_paths
-from serving.cli import cli
-from serving.config import load_config
-from serving.feeds.files import ReplayFeed
-from serving.metrics import Metrics
-from serving.service import InProcessService
+from quakescan.detector import Detector
+from quakescan.detector.catalog import read_catalog
+from quakescan.detector.model import OnnxModel, resolve_model_path
+from quakescan.detector.sources import sample_paths
+from quakescan.serving.cli import cli
+from quakescan.serving.config import load_config
+from quakescan.serving.feeds.files import ReplayFeed
+from quakescan.serving.metrics import Metrics
+from quakescan.serving.service import InProcessService
 
 pytestmark = pytest.mark.slow
 

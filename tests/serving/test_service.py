@@ -10,11 +10,10 @@ import urllib.request
 import obspy
 import pytest
 import redis
+from quakescan.detector import Detector
+from quakescan.serving.app import TASK_DETECT, TASK_DETECT_MANY, make_app
+from quakescan.serving.chunks import Chunk
 from svc_harness import Pipeline
-
-from detector import Detector
-from serving.app import TASK_DETECT, TASK_DETECT_MANY, make_app
-from serving.chunks import Chunk
 
 pytestmark = pytest.mark.slow
 

@@ -8,12 +8,11 @@ import threading
 
 import obspy
 from obspy import UTCDateTime
-
-from detector.catalog import Detection, read_csv, read_jsonl
-from serving.bus import MemoryStream
-from serving.config import ServiceConfig
-from serving.metrics import Metrics
-from serving.sink import CatalogFiles, MemoryDetections, MemoryState, Sink
+from quakescan.detector.catalog import Detection, read_csv, read_jsonl
+from quakescan.serving.bus import MemoryStream
+from quakescan.serving.config import ServiceConfig
+from quakescan.serving.metrics import Metrics
+from quakescan.serving.sink import CatalogFiles, MemoryDetections, MemoryState, Sink
 
 
 def _det(t: str, station: str = "NC.BBG.") -> Detection:

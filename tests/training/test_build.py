@@ -20,9 +20,14 @@ from obspy.core.event import (
     ResourceIdentifier,
     WaveformStreamID,
 )
-
-from training.build import build_cmd, build_templates, cut_templates, read_catalog, travel_time_s
-from training.templates import read_templates
+from quakescan.training.build import (
+    build_cmd,
+    build_templates,
+    cut_templates,
+    read_catalog,
+    travel_time_s,
+)
+from quakescan.training.templates import read_templates
 
 RATE = 100.0
 # BK.BKS (Berkeley) as the NCEDC lists it; the test needs only consistent numbers.

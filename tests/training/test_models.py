@@ -6,15 +6,14 @@ import numpy as np
 import pytest
 import scipy.signal
 import torch
-
-from training.frontend import (
+from quakescan.training.frontend import (
     PreparationConfig,
     Spectrogram,
     SpectrogramConfig,
     WindowPreparation,
     fir_bandpass,
 )
-from training.models import (
+from quakescan.training.models import (
     ConvNetQuake,
     ConvNetQuakeConfig,
     LeNet5,
@@ -23,7 +22,7 @@ from training.models import (
     SlowEarthquakeConfig,
     count_parameters,
 )
-from training.pipeline import DetectorNet, EnsembleNet, ModelConfig
+from quakescan.training.pipeline import DetectorNet, EnsembleNet, ModelConfig
 
 
 def test_convnetquake_matches_the_paper():
@@ -147,7 +146,7 @@ def test_window_preparation_equals_the_textbook_steps_on_real_windows(data_dir, 
     """The blocked FIR (dense strided convolution) is the same map as detrend + filtfilt-style
     padding + convolution with the taps, on real event and noise windows with raw-count
     offsets, including a dead channel."""
-    from training.templates import read_templates
+    from quakescan.training.templates import read_templates
 
     t = read_templates(data_dir / "templates_small.h5")
     x = np.asarray(t.windows[:40, :, :samples], dtype=np.float64)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
-
-from training.augment import AugmentConfig, augment_batch
-from training.templates import (
+from quakescan.training.augment import AugmentConfig, augment_batch
+from quakescan.training.templates import (
     TemplatesError,
     eval_crop_starts,
     random_crop_starts,

@@ -9,13 +9,12 @@ import onnx
 import pytest
 import torch
 from click.testing import CliRunner
-
-from detector.model import OnnxModel
-from detector.spec import SPEC_KEY, SpecError
-from serving.cli import cli
-from training.evaluate import evaluate
-from training.export import export
-from training.train import TrainConfig, train
+from quakescan.detector.model import OnnxModel
+from quakescan.detector.spec import SPEC_KEY, SpecError
+from quakescan.serving.cli import cli
+from quakescan.training.evaluate import evaluate
+from quakescan.training.export import export
+from quakescan.training.train import TrainConfig, train
 
 
 def _cfg(data_dir, out, epochs, **kw):
@@ -128,7 +127,7 @@ def test_export_is_self_contained_and_matches_pytorch(run, data_dir, tmp_path):
     # The onset estimate of a detection is calibrated on validation events, inside the window.
     assert 0.3 <= s.onset_offset_s <= 9.5
     # Dynamic batch axis, raw windows in, probabilities out, on real windows.
-    from training.templates import read_templates
+    from quakescan.training.templates import read_templates
 
     t = read_templates(data_dir / "templates_small.h5")
     for n in (1, 7, 300):
@@ -249,8 +248,7 @@ def test_export_rebuilds_an_older_model_file(data_dir, tmp_path):
     """A model file exported by quakescan 0.1 (depthwise FIR) is rebuilt as this version's
     graph: same spec, same probabilities on real windows, no depthwise convolution left."""
     import onnxruntime as ort
-
-    from training.templates import read_templates
+    from quakescan.training.templates import read_templates
 
     old = data_dir / "convnetquake_quakescan0.1.onnx"
     new = tmp_path / "rebuilt.onnx"
@@ -322,8 +320,8 @@ def test_runs_of_several_seeds_export_as_one_ensemble_graph(run, data_dir, tmp_p
     """Several checkpoints with one split -> one ONNX file whose probabilities are the mean
     of the members'; its spec names the members; the PyTorch model can be rebuilt from it;
     members with another split are refused, naming the file."""
-    from training.export import net_from_onnx, threshold_for_fpr
-    from training.templates import read_templates
+    from quakescan.training.export import net_from_onnx, threshold_for_fpr
+    from quakescan.training.templates import read_templates
 
     out, _ = run
     second = tmp_path / "seed7"
