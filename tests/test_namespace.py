@@ -8,6 +8,7 @@ installed editable (this checkout) or from a built wheel. And the runtime
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -66,10 +67,17 @@ def test_editable_install_is_not_shadowed_by_local_folders(tmp_path):
 
 @pytest.mark.slow
 def test_built_wheel_installs_under_quakescan_and_is_not_shadowed(tmp_path):
+    # Build from a copy: setuptools writes build/ and *.egg-info into the source tree.
+    src = tmp_path / "src"
+    shutil.copytree(
+        ROOT, src,
+        ignore=shutil.ignore_patterns(".git", ".venv", "build", "runs", "catalogs", "*.egg-info",
+                                      "__pycache__", ".pytest_cache", ".ruff_cache"),
+    )  # fmt: skip
     wheels = tmp_path / "wheels"
     build = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(wheels), str(ROOT)],
+         "-w", str(wheels), str(src)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert build.returncode == 0, build.stderr[-2000:]
