@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import click
-from obspy import Stream, UTCDateTime
-from tqdm import tqdm
+from obspy import UTCDateTime
 
-from .catalog import Detection, catalog_format, sort_detections, write_catalog
+from .catalog import Detection, catalog_format
 from .score import score_cmd  # noqa: F401  (registered as `quakescan score`)
 
 
@@ -214,8 +212,8 @@ def detect_cmd(
 
     With no PATH and no --sds, runs on the real waveform sample shipped with quakescan.
     """
-    from .prepare import PrepReport, group_by_station, read_waveforms
-    from .sources import StationSelector, iter_sds, sample_paths
+    from .run import run_files, run_sds
+    from .sources import StationSelector, sample_paths
     from .stalta import StaLtaParams
 
     if paths and sds_root:
@@ -236,103 +234,33 @@ def detect_cmd(
     det = _make_detector(
         model, step_s, threshold, off_threshold, device, threads, batch_size, method, stalta
     )
-    if stalta is not None:
-        det.stalta = stalta
     show = sys.stderr.isatty() if progress is None else progress
-    t0 = time.perf_counter()
-    detections: list[Detection] = []
-    per_station: dict[str, Counter] = {}
-    report = det.stats.report
-
-    def account(
-        key: str, dets: list[Detection], windows_before: int, gaps_before: int, skipped_before: int
-    ):
-        c = per_station.setdefault(key, Counter())
-        c["windows"] += det.stats.windows - windows_before
-        c["detections"] += len(dets)
-        c["gaps"] += len(report.gaps) - gaps_before
-        c["skipped"] += sum(report.skipped.values()) - skipped_before
-
-    if sds_root:
-        try:
-            selectors = [StationSelector.parse(s) for s in stations.split(",") if s.strip()]
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--stations") from None
-        from .sources import day_starts
-
-        n_days = len(day_starts(start, end))
-        bar = tqdm(total=len(selectors) * n_days, desc="station-days", unit="day", disable=not show)
-        for sel in selectors:
-            before = (det.stats.windows, len(report.gaps), sum(report.skipped.values()))
-
-            def pieces(sel=sel):
-                for _day, st in iter_sds(sds_root, sel, start, end, report):
-                    bar.update(1)
-                    yield st
-
+    try:
+        if sds_root:
             try:
-                dets = list(det.detect_iter(pieces()))
-            except FileNotFoundError as exc:
-                raise click.ClickException(str(exc)) from None
-            detections += dets
-            account(f"{sel.network}.{sel.station}", dets, *before)
-        bar.close()
-    else:
-        if not paths:
-            paths = [str(p) for p in sample_paths()]
-            click.echo(
-                f"no input given: running on the shipped sample ({len(paths)} files)", err=True
-            )
-        read_report = PrepReport()
-        try:
-            from .prepare import expand_paths
-
-            files = expand_paths(list(paths))
-        except FileNotFoundError as exc:
-            raise click.ClickException(str(exc)) from None
-        stream = Stream()
-        for f in tqdm(files, desc="reading", unit="file", disable=not show):
-            stream += read_waveforms([f], read_report)
-        report.merge(read_report)
-        if read_report.skipped:
-            per_station.setdefault("(unreadable files)", Counter())["skipped"] += sum(
-                read_report.skipped.values()
-            )
-        groups = group_by_station(stream)
-        if not groups and not read_report.skipped:
-            raise click.ClickException("no waveform data found in the input")
-        for (sta, prefix), traces in tqdm(
-            groups.items(), desc="stations", unit="station", disable=not show
-        ):
-            before = (det.stats.windows, len(report.gaps), sum(report.skipped.values()))
-            dets = list(det.detect_iter([Stream(traces)]))
-            detections += dets
-            account(f"{sta}.{prefix}", dets, *before)
-    detections = sort_detections(detections)
-    seconds = time.perf_counter() - t0
-    events = None
-    if min_stations > 1:
-        from .associate import associate, write_network_quakeml
-
-        events = associate(detections, min_stations, association_window_s)
-        members = {d.id for ev in events for d in ev.detections}
-        kept = [d for d in detections if d.id in members]
-    else:
-        kept = detections
-    click.echo(_summary(det, per_station, detections, seconds))
-    if events is not None:
-        click.echo(f"network events with >= {min_stations} stations: {len(events)}")
-    if out:
-        if events is not None and fmt == "quakeml":
-            write_network_quakeml(events, out)
+                selectors = [StationSelector.parse(s) for s in stations.split(",") if s.strip()]
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint="--stations") from None
+            run = run_sds(det, sds_root, selectors, start, end, progress=show)
         else:
-            write_catalog(kept, out, fmt)
-        click.echo(
-            f"catalog written to {out} ({fmt}, {len(events) if events is not None and fmt == 'quakeml' else len(kept)} records)"
-        )
-    elif kept:
+            if not paths:
+                paths = [str(p) for p in sample_paths()]
+                click.echo(
+                    f"no input given: running on the shipped sample ({len(paths)} files)", err=True
+                )
+            run = run_files(det, list(paths), progress=show)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    run.associate(min_stations, association_window_s)
+    click.echo(_summary(det, run.per_station, run.detections, run.seconds))
+    if run.events is not None:
+        click.echo(f"network events with >= {min_stations} stations: {len(run.events)}")
+    if out:
+        fmt, n = run.write(out, fmt)
+        click.echo(f"catalog written to {out} ({fmt}, {n} records)")
+    elif run.kept:
         click.echo("")
-        for d in kept:
+        for d in run.kept:
             click.echo(
                 f"{d.peak_time}  {d.station}.{d.channel_prefix}  {d.label:<10} p={d.peak_probability:.3f}  [{d.start} - {d.end}]  id={d.id}"
             )

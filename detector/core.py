@@ -22,7 +22,7 @@ from .catalog import Detection
 from .model import OnnxModel
 from .prepare import PrepReport, Segment, prepare_stream
 from .stalta import StaLtaParams, StaLtaStation
-from .trigger import StationTrigger, TriggerParams
+from .trigger import StationTrigger, TriggerFactory
 from .windows import grid_windows, iter_batches, step_ns
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ class StationProbabilities:
     k: np.ndarray
     probs: np.ndarray
     components: str = ""
+    batch_sizes: list[int] = field(default_factory=list)  # ONNX Runtime calls that made it
 
 
 @dataclass
@@ -54,6 +55,22 @@ class RunStats:
     batches: int = 0
     stations: set = field(default_factory=set)
     report: PrepReport = field(default_factory=PrepReport)
+
+
+def _merge_station(parts: list[StationProbabilities]) -> StationProbabilities:
+    """One station's segment results as one, k strictly increasing (first computation kept)."""
+    if len(parts) == 1:
+        return parts[0]
+    k = np.concatenate([p.k for p in parts])
+    probs = np.concatenate([p.probs for p in parts])
+    order = np.argsort(k, kind="stable")
+    k, probs = k[order], probs[order]
+    k, first = np.unique(k, return_index=True)
+    p0 = parts[0]
+    sizes = [b for p in parts for b in p.batch_sizes]
+    return StationProbabilities(
+        p0.station, p0.channel_prefix, k, probs[first], p0.components, batch_sizes=sizes
+    )
 
 
 class Detector:
@@ -89,18 +106,17 @@ class Detector:
         )
         spec = self.model.spec
         self.spec = spec
-        self.step_s = float(step_s if step_s is not None else spec.step_s)
-        step_ns(self.step_s)
-        on = threshold if threshold is not None else spec.trigger.on
-        off = off_threshold if off_threshold is not None else min(spec.trigger.off, on)
-        self.trigger_params = TriggerParams(
-            on=on,
-            off=off,
-            min_duration_s=spec.trigger.min_duration_s
-            if min_duration_s is None
-            else min_duration_s,
-            merge_gap_s=spec.trigger.merge_gap_s if merge_gap_s is None else merge_gap_s,
+        self.triggers = TriggerFactory.from_spec(
+            spec,
+            step_s=step_s,
+            threshold=threshold,
+            off_threshold=off_threshold,
+            min_duration_s=min_duration_s,
+            merge_gap_s=merge_gap_s,
         )
+        self.step_s = self.triggers.step_s
+        step_ns(self.step_s)
+        self.trigger_params = self.triggers.params
         self.stalta = stalta or StaLtaParams(bandpass_hz=spec.preparation.bandpass_hz)
         self.stats = RunStats()
 
@@ -132,32 +148,74 @@ class Detector:
         return segs
 
     # --------------------------------------------------------------- inference
+    def window_probabilities(
+        self,
+        stream: Stream,
+        k_first: int | None = None,
+        k_last: int | None = None,
+        report: PrepReport | None = None,
+        *,
+        step_s: float | None = None,
+    ) -> list[StationProbabilities]:
+        """Probabilities of the grid windows k_first..k_last (None: unbounded) of a stream.
+
+        The one path from waveforms to probabilities: ``detect``, the service's
+        chunks and batch station-days all come through here. The stream is
+        prepared as the model's spec says; window k starts at k * step_s. One
+        result per station and channel prefix, k strictly increasing (where
+        prepared segments overlap, each window is computed once). ``step_s``
+        overrides the detector's step (a chunk carries the grid it was cut on).
+        """
+        if self.method != "cnn":
+            raise ValueError("probabilities are produced by the CNN method only")
+        by_station: dict[tuple[str, str], list[StationProbabilities]] = {}
+        for seg in self.prepare(stream, report):
+            sp = self.segment_probabilities(seg, k_first=k_first, k_last=k_last, step_s=step_s)
+            if len(sp.k):
+                by_station.setdefault(seg.key, []).append(sp)
+        return [_merge_station(parts) for _key, parts in sorted(by_station.items())]
+
     def segment_probabilities(
-        self, seg: Segment, k_after: int | None = None
+        self,
+        seg: Segment,
+        k_first: int | None = None,
+        k_last: int | None = None,
+        *,
+        step_s: float | None = None,
     ) -> StationProbabilities:
-        """Run the model over the grid windows of one segment (those with k > k_after)."""
+        """Run the model over the grid windows k_first..k_last of one prepared segment.
+
+        k: int64[n]; probs: float32[n, classes].
+        """
         w = self.spec.window_samples
-        k, off = grid_windows(seg.start_ns, seg.n_samples, seg.sampling_rate_hz, w, self.step_s)
-        if k_after is not None:
-            keep = k > k_after
+        step = self.step_s if step_s is None else step_s
+        k, off = grid_windows(seg.start_ns, seg.n_samples, seg.sampling_rate_hz, w, step)
+        if k_first is not None or k_last is not None:
+            keep = np.ones(len(k), bool)
+            if k_first is not None:
+                keep &= k >= k_first
+            if k_last is not None:
+                keep &= k <= k_last
             k, off = k[keep], off[keep]
         probs = np.empty((len(k), len(self.spec.class_names)), dtype=np.float32)
+        sizes: list[int] = []
         t0 = time.perf_counter()
         for sl, batch in iter_batches(seg.data, off, w, self.model.batch_size):
             probs[sl] = self.model.run_batch(batch)
             self.stats.batches += 1
+            sizes.append(len(batch))
         self.stats.inference_s += time.perf_counter() - t0
         self.stats.windows += len(k)
         self.stats.segments += 1
         self.stats.samples += seg.n_samples
         self.stats.stations.add(seg.station)
-        return StationProbabilities(seg.station, seg.channel_prefix, k, probs, seg.components)
+        return StationProbabilities(
+            seg.station, seg.channel_prefix, k, probs, seg.components, batch_sizes=sizes
+        )
 
     def probabilities(self, stream: Stream) -> list[StationProbabilities]:
-        """Per-window probabilities for every station segment of a stream."""
-        if self.method != "cnn":
-            raise ValueError("probabilities are produced by the CNN method only")
-        return [self.segment_probabilities(s) for s in self.prepare(stream)]
+        """Per-window probabilities for every station of a stream (all grid windows)."""
+        return self.window_probabilities(stream)
 
     def annotate(self, stream: Stream) -> Stream:
         """Probability traces, one per station segment and class.
@@ -168,8 +226,6 @@ class Detector:
         """
         out = Stream()
         for sp in self.probabilities(stream):
-            if not len(sp.k):
-                continue
             breaks = np.flatnonzero(np.diff(sp.k) > 1) + 1
             for lo, hi in zip(np.r_[0, breaks], np.r_[breaks, len(sp.k)], strict=True):
                 net, sta, loc = sp.station.split(".")
@@ -186,17 +242,7 @@ class Detector:
 
     # ---------------------------------------------------------------- trigger
     def new_trigger(self, station: str, channel_prefix: str) -> StationTrigger:
-        return StationTrigger(
-            station,
-            channel_prefix,
-            params=self.trigger_params,
-            step_s=self.step_s,
-            window_s=self.spec.window_s,
-            onset_offset_s=self.spec.onset_offset_s,
-            class_names=self.spec.class_names,
-            model=self.model_name,
-            model_version=self.model_version,
-        )
+        return self.triggers.new(station, channel_prefix)
 
     def detect(self, stream: Stream) -> list[Detection]:
         """Detections over a whole stream, sorted by (start, station)."""
@@ -294,7 +340,8 @@ class _StreamRunner:
                 trig = self.triggers.get(seg.key)
                 if trig is None:
                     trig = self.triggers[seg.key] = det.new_trigger(seg.station, seg.channel_prefix)
-                sp = det.segment_probabilities(seg, k_after=trig.last_k)
+                k_first = None if trig.last_k is None else trig.last_k + 1
+                sp = det.segment_probabilities(seg, k_first=k_first)
                 out += trig.feed(sp.k, sp.probs)
                 self._keep_tail(seg, det.spec.window_samples - 1)
             else:

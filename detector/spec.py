@@ -13,6 +13,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .trigger import TriggerParams
+
 SPEC_KEY = "quakescan.spec"
 FORMAT_VERSION = 1
 # Component codes a model may ask for, in the order it wants them.
@@ -21,24 +23,6 @@ KNOWN_COMPONENTS = set("ZNE")
 
 class SpecError(ValueError):
     """A model file whose spec is missing or invalid."""
-
-
-@dataclass(frozen=True)
-class TriggerDefaults:
-    """Trigger settings the model builder recommends (probability of any event class)."""
-
-    on: float = 0.9
-    off: float = 0.5
-    min_duration_s: float = 0.0
-    merge_gap_s: float = 2.0
-
-    def validate(self) -> None:
-        if not 0.0 < self.on <= 1.0:
-            raise SpecError(f"trigger.on ({self.on}) must lie in (0, 1]")
-        if not 0.0 <= self.off <= self.on:
-            raise SpecError(f"trigger.off ({self.off}) must lie in [0, trigger.on={self.on}]")
-        if self.min_duration_s < 0 or self.merge_gap_s < 0:
-            raise SpecError("trigger.min_duration_s and trigger.merge_gap_s must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -94,7 +78,7 @@ class ModelSpec:
     # the window start: the detector's onset estimate for a triggered window.
     onset_offset_s: float = 0.0
     preparation: Preparation = field(default_factory=Preparation)
-    trigger: TriggerDefaults = field(default_factory=TriggerDefaults)
+    trigger: TriggerParams = field(default_factory=TriggerParams)
     description: str = ""
     trained_on: str = ""
     training: dict[str, Any] = field(default_factory=dict)
@@ -147,7 +131,6 @@ class ModelSpec:
                 f"onset_offset_s ({self.onset_offset_s}) must lie inside the window (0..{self.window_s} s)"
             )
         self.preparation.validate()
-        self.trigger.validate()
         return self
 
     # -------------------------------------------------------------- (de)serial
@@ -191,10 +174,15 @@ class ModelSpec:
                     "class_names": tuple(str(c) for c in d["class_names"]),
                 },
                 preparation=Preparation(**prep),
-                trigger=TriggerDefaults(**trig),
+                trigger=TriggerParams(**trig),
             )
         except TypeError as exc:  # wrong nested field names
             raise SpecError(f"spec is malformed: {exc}") from None
+        except ValueError as exc:  # out-of-range trigger settings
+            raise SpecError(
+                f"spec trigger settings {trig} are invalid (trigger.on, trigger.off, "
+                f"trigger.min_duration_s, trigger.merge_gap_s): {exc}"
+            ) from None
         return spec.validate()
 
     @classmethod

@@ -14,15 +14,26 @@ same detections as one pass; ``trigger_onoff`` is the array form of the same log
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from obspy import UTCDateTime
 
 from .catalog import Detection
 
+if TYPE_CHECKING:
+    from .spec import ModelSpec
 
-@dataclass
+
+@dataclass(frozen=True)
 class TriggerParams:
+    """Trigger settings on the event probability (1 - p(noise)).
+
+    The one class for them: a model's spec carries the builder's recommendation,
+    and ``from_spec`` applies a user's overrides to it by one rule everywhere
+    (``detect``, batch jobs, the live sink).
+    """
+
     on: float = 0.9
     off: float = 0.5
     min_duration_s: float = 0.0
@@ -34,7 +45,99 @@ class TriggerParams:
         if not 0.0 <= self.off <= self.on:
             raise ValueError(f"trigger off-threshold ({self.off}) must lie in [0, on={self.on}]")
         if self.min_duration_s < 0 or self.merge_gap_s < 0:
-            raise ValueError("min_duration_s and merge_gap_s must be >= 0")
+            raise ValueError(
+                f"trigger min_duration_s ({self.min_duration_s}) and merge_gap_s "
+                f"({self.merge_gap_s}) must be >= 0"
+            )
+
+    def with_overrides(
+        self,
+        *,
+        on: float | None = None,
+        off: float | None = None,
+        min_duration_s: float | None = None,
+        merge_gap_s: float | None = None,
+    ) -> TriggerParams:
+        """These settings with the given ones replaced (None keeps a setting).
+
+        An on-threshold given without an off-threshold keeps this off-threshold
+        unless it would exceed the new on-threshold, in which case off = on.
+        """
+        on_ = self.on if on is None else float(on)
+        return TriggerParams(
+            on=on_,
+            off=float(off) if off is not None else min(self.off, on_),
+            min_duration_s=self.min_duration_s if min_duration_s is None else min_duration_s,
+            merge_gap_s=self.merge_gap_s if merge_gap_s is None else merge_gap_s,
+        )
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "on": self.on,
+            "off": self.off,
+            "min_duration_s": self.min_duration_s,
+            "merge_gap_s": self.merge_gap_s,
+        }
+
+
+@dataclass(frozen=True)
+class TriggerFactory:
+    """Everything a station's trigger needs besides its probabilities: one per run.
+
+    ``from_spec(spec, ...overrides)`` is the only place where a model's spec and a
+    user's settings become trigger settings; ``new(station, prefix)`` makes a trigger.
+    """
+
+    params: TriggerParams
+    step_s: float
+    window_s: float
+    onset_offset_s: float
+    class_names: tuple[str, ...]
+    model: str
+    model_version: str
+
+    @classmethod
+    def from_spec(
+        cls,
+        spec: ModelSpec,
+        *,
+        step_s: float | None = None,
+        threshold: float | None = None,
+        off_threshold: float | None = None,
+        min_duration_s: float | None = None,
+        merge_gap_s: float | None = None,
+        model: str | None = None,
+        model_version: str | None = None,
+    ) -> TriggerFactory:
+        """The spec's trigger settings and step with the given overrides (None: the spec's)."""
+        params = spec.trigger.with_overrides(
+            on=threshold, off=off_threshold, min_duration_s=min_duration_s, merge_gap_s=merge_gap_s
+        )
+        step = float(step_s) if step_s is not None else float(spec.step_s)
+        if step <= 0:
+            raise ValueError(f"step_s ({step}) must be > 0")
+        return cls(
+            params=params,
+            step_s=step,
+            window_s=spec.window_s,
+            onset_offset_s=spec.onset_offset_s,
+            class_names=tuple(spec.class_names),
+            model=spec.name if model is None else model,
+            model_version=spec.version if model_version is None else model_version,
+        )
+
+    def new(self, station: str, channel_prefix: str) -> StationTrigger:
+        return StationTrigger(
+            station,
+            channel_prefix,
+            params=self.params,
+            step_s=self.step_s,
+            window_s=self.window_s,
+            onset_offset_s=self.onset_offset_s,
+            class_names=self.class_names,
+            model=self.model,
+            model_version=self.model_version,
+        )
 
 
 # Windows within this much of the peak probability form the peak "plateau"; its middle

@@ -29,16 +29,12 @@ from quakescan.detector.catalog import (
     detection_to_dict,
     sort_detections,
 )
-from quakescan.detector.prepare import (
-    PrepReport,
-    group_by_station,
-    prepare_stream,
-    read_waveforms,
-    station_key,
-)
+from quakescan.detector.core import Detector
+from quakescan.detector.model import resolve_model_path
+from quakescan.detector.prepare import PrepReport, group_by_station, read_waveforms, station_key
 from quakescan.detector.sources import StationSelector, day_starts, iter_sds
 from quakescan.detector.trigger import StationTrigger
-from quakescan.detector.windows import grid_windows, iter_batches, step_ns
+from quakescan.detector.windows import step_ns
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +68,18 @@ def check_under_roots(path: str | os.PathLike, roots: tuple[str, ...]) -> Path:
 # ------------------------------------------------------------------ submit
 @dataclass
 class JobSpec:
+    """A job's station-days and the settings every one of its tasks uses.
+
+    ``model`` (shipped name or ONNX path on the workers), ``step_s``,
+    ``threshold`` and ``off_threshold`` are fixed at submission (None: the
+    model spec's), so a job's catalog does not depend on which worker ran it.
+    """
+
     items: list[dict[str, Any]]
     model: str
     step_s: float | None
     threshold: float | None
+    off_threshold: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -83,7 +87,18 @@ class JobSpec:
             "model": self.model,
             "step_s": self.step_s,
             "threshold": self.threshold,
+            "off_threshold": self.off_threshold,
         }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> JobSpec:
+        return cls(
+            items=list(d["items"]),
+            model=str(d["model"]),
+            step_s=d.get("step_s"),
+            threshold=d.get("threshold"),
+            off_threshold=d.get("off_threshold"),
+        )
 
 
 def plan_files(paths: list[str]) -> list[dict[str, Any]]:
@@ -165,6 +180,39 @@ def submit(app, client, spec: JobSpec) -> str:
 
 
 # ------------------------------------------------------------------ worker
+_JOB_DETECTORS: dict[tuple[str, float | None], Detector] = {}
+
+
+def job_spec(client, job_id: str) -> JobSpec:
+    raw = client.hget(JOB.format(job_id), "spec")
+    if raw is None:
+        raise ValueError(f"no batch job {job_id!r} (unknown id, or expired)")
+    return JobSpec.from_dict(json.loads(raw))
+
+
+def job_detector(state, spec: JobSpec) -> Detector:
+    """The detector a job asked for: the worker's own when model and step agree, else one
+    loaded once per worker process (on the worker's device and threads)."""
+    det: Detector = state.detector
+    same_model = resolve_model_path(spec.model) == det.model.path
+    want_step = float(spec.step_s) if spec.step_s is not None else det.spec.step_s
+    same_step = want_step == det.step_s
+    if same_model and same_step and spec.threshold is None and spec.off_threshold is None:
+        return det
+    key = (str(resolve_model_path(spec.model)), spec.step_s, spec.threshold, spec.off_threshold)
+    found = _JOB_DETECTORS.get(key)
+    if found is None:
+        found = _JOB_DETECTORS[key] = Detector(
+            det.model if same_model else spec.model,
+            step_s=want_step if same_model else spec.step_s,
+            threshold=spec.threshold,
+            off_threshold=spec.off_threshold,
+            device=state.cfg.device,
+            threads=state.cfg.threads,
+        )
+    return found
+
+
 def _item_key(item: dict[str, Any]) -> str:
     return f"{item['index']:06d}"
 
@@ -193,48 +241,29 @@ def _read_item(
 def run_station_day(state, job_id: str, item: dict[str, Any], task=None) -> dict[str, Any]:
     """Probabilities for the windows starting in one station-day, stored with the job."""
     r = _job_client(state)
-    det = state.detector
-    spec = det.spec
     report = PrepReport()
     m = state.metrics
     try:
-        st = _read_item(item, state.cfg.data_roots, spec.window_s, report)
+        det = job_detector(state, job_spec(r, job_id))
+        st = _read_item(item, state.cfg.data_roots, det.spec.window_s, report)
         day0 = UTCDateTime(item["day"])
         lo = UTCDateTime(item.get("start", day0))
         hi = UTCDateTime(item.get("end", day0 + 86400))
-        segs = prepare_stream(
-            st,
-            sampling_rate_hz=spec.sampling_rate_hz,
-            channel_order=spec.channel_order,
-            min_samples=spec.window_samples,
-            report=report,
-        )
+        # The windows that start in [lo, hi): k * step in that span.
         s_ns = step_ns(det.step_s)
-        out: dict[str, list] = {}
-        for seg in segs:
-            k, off = grid_windows(
-                seg.start_ns, seg.n_samples, seg.sampling_rate_hz, spec.window_samples, det.step_s
-            )
-            keep = (k * s_ns >= lo.ns) & (k * s_ns < hi.ns)
-            k, off = k[keep], off[keep]
-            if not len(k):
-                continue
-            probs = np.empty((len(k), len(spec.class_names)), np.float32)
-            for sl, batch in iter_batches(seg.data, off, spec.window_samples, det.model.batch_size):
-                probs[sl] = det.model.run_batch(batch)
-            out.setdefault(f"{seg.station}|{seg.channel_prefix}", []).append((k, probs))
+        k_first, k_last = -(-lo.ns // s_ns), -(-hi.ns // s_ns) - 1
+        found = det.window_probabilities(st, k_first, k_last, report)
+        out = {f"{sp.station}|{sp.channel_prefix}": sp for sp in found}
         pipe = r.pipeline()
-        for key, parts in out.items():
-            k = np.concatenate([p[0] for p in parts])
-            p = np.concatenate([p[1] for p in parts])
+        for key, sp in out.items():
             buf = io.BytesIO()
-            np.savez(buf, k=k, probs=p)
+            np.savez(buf, k=sp.k, probs=sp.probs)
             pipe.hset(
                 PROBS.format(job_id), f"{key}|{item['day']}|{_item_key(item)}", buf.getvalue()
             )
         status = {
             "status": "ok",
-            "windows": int(sum(len(p[0]) for v in out.values() for p in v)),
+            "windows": int(sum(len(sp.k) for sp in out.values())),
             "skipped": dict(report.skipped),
         }
         if not out and not report.skipped:
@@ -267,7 +296,7 @@ def run_station_day(state, job_id: str, item: dict[str, Any], task=None) -> dict
 def finalize_job(state, job_id: str) -> dict[str, Any]:
     """Trigger each station's windows in time order and store the merged catalog."""
     r = _job_client(state)
-    det = state.detector
+    det = job_detector(state, job_spec(r, job_id))
     per_station: dict[str, list[tuple[str, bytes]]] = {}
     for field, blob in r.hgetall(PROBS.format(job_id)).items():
         station, prefix, day, idx = field.decode().split("|")

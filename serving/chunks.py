@@ -21,8 +21,7 @@ import numpy as np
 import obspy
 from obspy import Stream, Trace, UTCDateTime
 from quakescan.detector.core import Detector
-from quakescan.detector.prepare import PrepReport, prepare_stream
-from quakescan.detector.windows import grid_windows, iter_batches
+from quakescan.detector.prepare import PrepReport
 
 MESSAGE_VERSION = 1
 
@@ -278,40 +277,17 @@ def chunk_probabilities(det: Detector, chunk: Chunk) -> ChunkResult:
             "corrupt_chunk",
         )
     report = PrepReport()
-    segs = prepare_stream(
-        st,
-        sampling_rate_hz=spec.sampling_rate_hz,
-        channel_order=spec.channel_order,
-        min_samples=spec.window_samples,
-        report=report,
-    )
-    ks, ps, batches = [], [], []
-    t0 = time.perf_counter()
-    for seg in segs:
-        k, off = grid_windows(
-            seg.start_ns, seg.n_samples, seg.sampling_rate_hz, spec.window_samples, chunk.step_s
-        )
-        keep = (k >= chunk.k_first) & (k <= chunk.k_last)
-        k, off = k[keep], off[keep]
-        if not len(k):
-            continue
-        probs = np.empty((len(k), len(spec.class_names)), np.float32)
-        for sl, batch in iter_batches(seg.data, off, spec.window_samples, det.model.batch_size):
-            probs[sl] = det.model.run_batch(batch)
-            batches.append(len(batch))
-        ks.append(k)
-        ps.append(probs)
-    elapsed = time.perf_counter() - t0
-    if ks:
-        k = np.concatenate(ks)
-        p = np.concatenate(ps)
-        order = np.argsort(k, kind="stable")
-        k, p = k[order], p[order]
-        _, first = np.unique(k, return_index=True)  # overlapping segments: keep one window per k
-        k, p = k[first], p[first]
+    before = det.stats.inference_s
+    # The chunk's step defines its grid (the feeder's setting), whatever the worker's is.
+    found = det.window_probabilities(st, chunk.k_first, chunk.k_last, report, step_s=chunk.step_s)
+    elapsed = det.stats.inference_s - before
+    if found:
+        (sp,) = found  # the traces were selected to one station and channel prefix
+        k, p, batches = sp.k, sp.probs, sp.batch_sizes
     else:
         k = np.empty(0, np.int64)
         p = np.empty((0, len(spec.class_names)), np.float32)
+        batches = []
     return ChunkResult(
         chunk, k, p, spec.name, spec.version, spec.class_names, elapsed, batches, report
     )

@@ -385,16 +385,42 @@ def _utc(_ctx, _param, value):
 
 @batch_group.command("submit")
 @click.argument("paths", nargs=-1, type=click.Path())
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="Service TOML whose [service] model, step_s, threshold, off_threshold the job uses.",
+)
 @click.option("--sds", "sds_root", type=click.Path(file_okay=False), help="SDS archive root.")
 @click.option("--stations", help="Comma-separated NET.STA[.LOC[.CHA]] for --sds.")
 @click.option("--start", callback=_utc, help="Start time for --sds.")
 @click.option("--end", callback=_utc, help="End time for --sds.")
-@click.option("--model", help="Model the workers must use [theirs].")
+@click.option("--model", help="Shipped model name or ONNX file on the workers [the config's].")
+@click.option("--step", "step_s", type=float, help="Window step in seconds [config, else model].")
+@click.option("--threshold", type=float, help="Trigger-on probability [config, else model].")
+@click.option("--off-threshold", type=float, help="Trigger-off probability [config, else model].")
 @click.option("--wait", is_flag=True, help="Follow the job with a progress bar until it is done.")
 @click.option("--out", type=click.Path(dir_okay=False), help="With --wait: write the catalog here.")
-def batch_submit(paths, sds_root, stations, start, end, model, wait, out):
-    """Split files or an SDS archive into station-day tasks and submit them."""
-    cfg = _config(None)
+def batch_submit(
+    paths,
+    config_file,
+    sds_root,
+    stations,
+    start,
+    end,
+    model,
+    step_s,
+    threshold,
+    off_threshold,
+    wait,
+    out,
+):
+    """Split files or an SDS archive into station-day tasks and submit them.
+
+    The job records its model, step and trigger thresholds (flags, else the config,
+    else the model's spec), so every worker computes it the same way.
+    """
+    cfg = _config(config_file)
     from .app import make_app
     from .batch import JobSpec, plan_files, plan_sds, submit
     from .bus import redis_client
@@ -412,7 +438,17 @@ def batch_submit(paths, sds_root, stations, start, end, model, wait, out):
         raise click.ClickException(str(exc)) from None
     app = make_app(cfg)
     client = redis_client(cfg)
-    job = submit(app, client, JobSpec(items, model or cfg.model, cfg.step_s, cfg.threshold))
+    job = submit(
+        app,
+        client,
+        JobSpec(
+            items,
+            model or cfg.model,
+            step_s if step_s is not None else cfg.step_s,
+            threshold if threshold is not None else cfg.threshold,
+            off_threshold if off_threshold is not None else cfg.off_threshold,
+        ),
+    )
     click.echo(f"job {job}: {len(items)} station-days submitted")
     click.echo(
         f"  follow: quakescan batch status {job}\n  fetch:  quakescan batch fetch {job} --out catalog.xml"
@@ -444,17 +480,26 @@ def _follow(client, job: str, poll_s: float = 0.5) -> dict:
     return st
 
 
-def _fetch(client, job: str, out: str, fmt: str | None) -> None:
-    from quakescan.detector.catalog import write_catalog
+def _fetch(
+    client, job: str, out: str, fmt: str | None, min_stations: int = 1, window_s: float = 5.0
+) -> None:
+    from quakescan.detector.run import CatalogRun
 
     from .batch import job_detections
 
     try:
-        dets = job_detections(client, job)
-        write_catalog(dets, out, fmt)
+        run = CatalogRun(detections=job_detections(client, job))
+        run.associate(min_stations, window_s)
+        _fmt, n = run.write(out, fmt)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"{len(dets)} detections written to {out}")
+    if run.events is None:
+        click.echo(f"{n} detections written to {out}")
+    else:
+        click.echo(
+            f"{len(run.events)} network events with >= {min_stations} stations "
+            f"({len(run.kept)} station detections) written to {out}"
+        )
 
 
 @batch_group.command("status")
@@ -502,11 +547,26 @@ def batch_status(job, as_json, follow):
     type=click.Choice(["quakeml", "csv", "jsonl"]),
     help="[from --out's extension]",
 )
-def batch_fetch(job, out, fmt):
+@click.option(
+    "--min-stations",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Keep only events seen at this many stations (network coincidence, as `detect`).",
+)
+@click.option(
+    "--association-window",
+    "association_window_s",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Seconds within which station detections form one event.",
+)
+def batch_fetch(job, out, fmt, min_stations, association_window_s):
     """Write a finished job's merged catalog."""
     from .bus import redis_client
 
-    _fetch(redis_client(_config(None)), job, out, fmt)
+    _fetch(redis_client(_config(None)), job, out, fmt, min_stations, association_window_s)
 
 
 # ------------------------------------------------------------------- serve

@@ -29,7 +29,7 @@ from quakescan.detector.catalog import (
 )
 from quakescan.detector.model import OnnxModel
 from quakescan.detector.spec import ModelSpec
-from quakescan.detector.trigger import StationTrigger, TriggerParams
+from quakescan.detector.trigger import StationTrigger, TriggerFactory
 
 from .config import DET_STREAM, ServiceConfig
 from .metrics import Metrics
@@ -232,15 +232,11 @@ class Sink:
         self.catalogs, self.metrics, self.consumer = catalogs, metrics, consumer
         self.spec = spec or OnnxModel(cfg.model, device="cpu", threads=1).spec
         s = self.spec
-        self.params = TriggerParams(
-            on=cfg.threshold if cfg.threshold is not None else s.trigger.on,
-            off=cfg.off_threshold
-            if cfg.off_threshold is not None
-            else min(s.trigger.off, cfg.threshold or s.trigger.off),
-            min_duration_s=s.trigger.min_duration_s,
-            merge_gap_s=s.trigger.merge_gap_s,
+        self.triggers = TriggerFactory.from_spec(
+            s, step_s=cfg.step_s, threshold=cfg.threshold, off_threshold=cfg.off_threshold
         )
-        self.step_s = cfg.step_s or s.step_s
+        self.params = self.triggers.params
+        self.step_s = self.triggers.step_s
         self.on_detection = on_detection
         self.clock = clock
         self.stations: dict[str, _Station] = {}
@@ -249,17 +245,7 @@ class Sink:
 
     # ------------------------------------------------------------ state
     def _new_station(self, station: str, prefix: str) -> _Station:
-        trig = StationTrigger(
-            station,
-            prefix,
-            params=self.params,
-            step_s=self.step_s,
-            window_s=self.spec.window_s,
-            onset_offset_s=self.spec.onset_offset_s,
-            class_names=self.spec.class_names,
-            model=self.spec.name,
-            model_version=self.spec.version,
-        )
+        trig = self.triggers.new(station, prefix)
         return _Station(trigger=trig, first_seen=self.clock(), last_activity=self.clock())
 
     def _restore(self) -> None:

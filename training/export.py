@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-from quakescan.detector.spec import SPEC_KEY, ModelSpec, Preparation, TriggerDefaults
-from quakescan.detector.trigger import PLATEAU_DELTA
+from quakescan.detector.spec import SPEC_KEY, ModelSpec, Preparation
+from quakescan.detector.trigger import PLATEAU_DELTA, TriggerParams
 
 from .metrics import binary_metrics
 from .pipeline import DetectorNet, EnsembleNet
@@ -121,7 +121,7 @@ def build_spec(
     *,
     name: str,
     version: str,
-    trigger: TriggerDefaults,
+    trigger: TriggerParams,
     metrics: dict[str, Any],
     description: str,
     trained_on: str,
@@ -291,7 +291,7 @@ def export(
         state,
         name=name or cfg.model.architecture,
         version=version,
-        trigger=TriggerDefaults(
+        trigger=TriggerParams(
             on=threshold, off=round(threshold * off_ratio, 4), merge_gap_s=merge_gap_s
         ),
         metrics=metrics,

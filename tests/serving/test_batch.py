@@ -274,3 +274,58 @@ def test_submit_needs_paths_or_a_complete_sds_selection(clean_redis, tmp_path):
     bad.write_text("field notes, not a waveform\n")
     res = quakescan(clean_redis, "batch", "submit", bad)
     assert res.exit_code == 1 and "notes.mseed: not a readable waveform file" in res.output
+
+
+def test_a_jobs_model_and_thresholds_are_the_ones_submitted(clean_redis, batch_worker, tmp_path):
+    """`batch submit --threshold/--off-threshold/--model` (or the [service] settings of
+    --config) decide the job's catalog, as they do for `detect` and the live sink."""
+    uv06 = DATA / REUNION[1]
+    st = obspy.read(str(uv06))
+    default = Detector(device="cpu").detect(st)
+    low = Detector(threshold=0.3, off_threshold=0.2, device="cpu").detect(st)
+    slow = Detector("slow-earthquake", device="cpu").detect(st)
+    assert len(low) > len(default), "the lower threshold must matter on this record"
+
+    out = tmp_path / "low.jsonl"
+    res = quakescan(clean_redis, "batch", "submit", uv06, "--threshold", 0.3,
+                    "--off-threshold", 0.2, "--wait", "--out", out)  # fmt: skip
+    submitted_job(res)
+    assert_same_catalog(read_catalog(out), low)
+
+    cfg = tmp_path / "svc.toml"
+    cfg.write_text("[service]\nthreshold = 0.3\noff_threshold = 0.2\n")
+    out = tmp_path / "cfg.jsonl"
+    res = quakescan(clean_redis, "batch", "submit", uv06, "--config", cfg, "--wait", "--out", out)
+    submitted_job(res)
+    assert_same_catalog(read_catalog(out), low)
+
+    out = tmp_path / "slow.jsonl"
+    res = quakescan(clean_redis, "batch", "submit", uv06, "--model", "slow-earthquake",
+                    "--wait", "--out", out)  # fmt: skip
+    submitted_job(res)
+    got = read_catalog(out)
+    assert_same_catalog(got, slow)
+    assert {d.model for d in got} <= {"slow-earthquake"}
+
+
+def test_fetch_with_min_stations_gives_the_network_events_of_detect(
+    clean_redis, batch_worker, tmp_path
+):
+    """Network coincidence is one library function: `batch fetch --min-stations 2` writes
+    the QuakeML network events that `detect --min-stations 2` writes for the same data."""
+    reunion = [DATA / f for f in REUNION]
+    job = submitted_job(quakescan(clean_redis, "batch", "submit", *reunion, "--wait"))
+    got = tmp_path / "batch.xml"
+    res = quakescan(clean_redis, "batch", "fetch", job, "--out", got, "--min-stations", 2)
+    assert res.exit_code == 0, res.output
+    assert "network events with >= 2 stations" in res.output
+    want = tmp_path / "detect.xml"
+    res = CliRunner().invoke(
+        cli, ["detect", *map(str, reunion), "--min-stations", "2", "--device", "cpu",
+              "--out", str(want)],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    ev_got, ev_want = obspy.read_events(str(got)), obspy.read_events(str(want))
+    assert len(ev_want) >= 1
+    assert sorted(str(e.resource_id) for e in ev_got) == sorted(str(e.resource_id) for e in ev_want)
+    assert sorted(len(e.picks) for e in ev_got) == sorted(len(e.picks) for e in ev_want)
