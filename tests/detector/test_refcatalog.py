@@ -49,7 +49,9 @@ def test_csv_bad_number_names_file_line_and_column(tmp_path):
 def test_quakeml_phase_from_arrivals_and_origin_locations(tmp_path):
     wid = WaveformStreamID("NC", "AAA", "", "HHZ")
     s_pick = Pick(time=T0 + 9.0, waveform_id=wid, phase_hint="S")
-    p_pick = Pick(time=T0 + 10.0, waveform_id=wid, resource_id=ResourceIdentifier("smi:local/pick/1"))
+    p_pick = Pick(
+        time=T0 + 10.0, waveform_id=wid, resource_id=ResourceIdentifier("smi:local/pick/1")
+    )
     origin = Origin(
         time=T0 + 5.0,
         latitude=37.0,
