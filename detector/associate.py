@@ -181,7 +181,7 @@ def write_network_quakeml(events: Iterable[NetworkEvent], path: str | os.PathLik
     automatic Pick per member station at its peak_time; event type "earthquake"
     for label earthquake, else "not reported"; the label, probabilities and
     station count stored as ``quakescan:`` elements. No origin: association
-    does not locate. ``detector.score.read_reference`` reads the picks back.
+    does not locate. ``detector.refcatalog.read_reference`` reads the picks back.
     """
     evs = list(events)
     out: list[Event] = []

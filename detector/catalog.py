@@ -422,7 +422,7 @@ def read_quakeml(path: str | os.PathLike[str]) -> list[Detection]:
 
     Raises ValueError naming the file (and event) when it is not QuakeML or an
     event lacks the quakescan fields (a foreign catalog: use
-    ``detector.score.read_reference`` for those).
+    ``detector.refcatalog.read_reference`` for those).
     """
     path = _existing_file(path)
     try:

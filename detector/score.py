@@ -1,5 +1,7 @@
 """Score detections against a reference catalog of picks or origin times.
 
+The reference catalog is read by ``detector.refcatalog.read_reference`` (re-exported here).
+
 Matching rule (one-to-one, greedy, deterministic):
 
 - A reference time ``t`` and a detection are a *candidate pair* when
@@ -28,24 +30,25 @@ those.
 from __future__ import annotations
 
 import bisect
-import csv
 import json
 import logging
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import click
-from obspy import UTCDateTime, read_events
+from obspy import UTCDateTime
 from quakescan.detector.catalog import format_time, read_catalog, write_text_atomic
+from quakescan.detector.refcatalog import (  # noqa: F401  (re-exported: the reader moved)
+    TIME_COLUMNS,
+    ReferenceCatalog,
+    ReferenceTime,
+    read_reference,
+    station_key,
+)
 
 log = logging.getLogger(__name__)
-
-#: Accepted time columns of a reference CSV, in order of preference.
-TIME_COLUMNS: tuple[str, ...] = ("p_time", "pick_time", "time", "origin_time")
-_QUAKEML_EXTENSIONS = (".xml", ".quakeml", ".qml")
 
 
 class Scorable(Protocol):
@@ -61,42 +64,6 @@ class Scorable(Protocol):
 
     @property
     def peak_time(self) -> UTCDateTime: ...
-
-
-@dataclass
-class ReferenceTime:
-    """One reference time: a pick at a station (``station`` = NET.STA, or STA
-    when the catalog names no network) or a network/origin time (``station`` None).
-    ``source`` says where it came from (file line or event id) for reports."""
-
-    time: UTCDateTime
-    station: str | None = None
-    source: str = ""
-
-    def __post_init__(self) -> None:
-        self.time = UTCDateTime(self.time)
-
-
-@dataclass
-class ReferenceCatalog:
-    """Reference times read from a file; ``skipped`` counts entries without a usable time."""
-
-    times: list[ReferenceTime]
-    path: str = ""
-    skipped: int = 0
-
-    def __len__(self) -> int:
-        return len(self.times)
-
-    @property
-    def kind(self) -> str:
-        """ "picks" (all per station), "origins" (none per station), "mixed" or "empty"."""
-        with_station = sum(t.station is not None for t in self.times)
-        if not self.times:
-            return "empty"
-        if with_station == len(self.times):
-            return "picks"
-        return "origins" if with_station == 0 else "mixed"
 
 
 @dataclass
@@ -164,129 +131,6 @@ class ScoreResult:
         }
 
 
-# -- reading reference catalogs ------------------------------------------------------
-
-
-def _station_key(station: str) -> tuple[str, str]:
-    """(NET, STA) of NET.STA[.LOC[.CHA]] or ("", STA) of a bare station code, upper-cased."""
-    parts = station.strip().upper().split(".")
-    if len(parts) == 1:
-        return "", parts[0]
-    return parts[0], parts[1]
-
-
-def _station_text(key: tuple[str, str]) -> str:
-    return f"{key[0]}.{key[1]}" if key[0] else key[1]
-
-
-def _read_reference_csv(path: Path) -> ReferenceCatalog:
-    times: list[ReferenceTime] = []
-    skipped = 0
-    with open(path, encoding="utf-8", newline="") as fh:
-        reader = csv.reader(fh)
-        try:
-            header = next(reader, None)
-            if not header:
-                raise ValueError(f"{path}: empty file; expected a CSV header row")
-            header = [name.strip().lower() for name in header]
-            time_col = next((c for c in TIME_COLUMNS if c in header), None)
-            if time_col is None:
-                raise ValueError(
-                    f"{path}, line 1: no time column among {', '.join(header)}; "
-                    f"expected one of {', '.join(TIME_COLUMNS)}"
-                )
-            has_sta, has_net = "station" in header, "network" in header
-            for values in reader:
-                where = f"{path}, line {reader.line_num}"
-                if not values or (len(values) == 1 and not values[0].strip()):
-                    continue
-                if len(values) != len(header):
-                    raise ValueError(f"{where}: expected {len(header)} fields, got {len(values)}")
-                row = dict(zip(header, values, strict=True))
-                text = row[time_col].strip()
-                if not text:
-                    skipped += 1
-                    continue
-                try:
-                    t = UTCDateTime(text)
-                except (TypeError, ValueError):
-                    raise ValueError(
-                        f"{where}: {time_col} {text!r} is not a time (expected ISO 8601 UTC)"
-                    ) from None
-                station = None
-                if has_sta and row["station"].strip():
-                    sta = row["station"].strip()
-                    if "." not in sta and has_net and row["network"].strip():
-                        sta = f"{row['network'].strip()}.{sta}"
-                    station = _station_text(_station_key(sta))
-                times.append(ReferenceTime(t, station, f"line {reader.line_num}"))
-        except csv.Error as exc:
-            raise ValueError(f"{path}, line {reader.line_num}: malformed CSV: {exc}") from None
-    return ReferenceCatalog(times, str(path), skipped)
-
-
-def _read_reference_quakeml(path: Path) -> ReferenceCatalog:
-    try:
-        catalog = read_events(str(path))
-    except Exception as exc:  # ObsPy raises a variety of parser errors
-        raise ValueError(f"{path}: not a readable event catalog: {exc}") from None
-    times: list[ReferenceTime] = []
-    skipped = 0
-    for event in catalog:
-        first: dict[tuple[str, str], UTCDateTime] = {}
-        for pick in event.picks:
-            wid = pick.waveform_id
-            if pick.time is None or wid is None or not wid.station_code:
-                skipped += 1
-                continue
-            if pick.evaluation_status == "rejected":
-                skipped += 1
-                continue
-            key = _station_key(f"{wid.network_code or ''}.{wid.station_code}")
-            if key not in first or pick.time < first[key]:
-                first[key] = pick.time
-        if first:
-            for key in sorted(first):
-                times.append(ReferenceTime(first[key], _station_text(key), str(event.resource_id)))
-            continue
-        origin = event.preferred_origin() or (event.origins[0] if event.origins else None)
-        if origin is None or origin.time is None:
-            skipped += 1
-            continue
-        times.append(ReferenceTime(origin.time, None, str(event.resource_id)))
-    return ReferenceCatalog(times, str(path), skipped)
-
-
-def read_reference(path: str | os.PathLike[str], fmt: str | None = None) -> ReferenceCatalog:
-    """Read a reference catalog of picks or origins.
-
-    QuakeML (or any format ``obspy.read_events`` reads): per event, the first
-    pick at each station (rejected picks ignored) gives a per-station time; an
-    event without picks gives its (preferred) origin time as a network time.
-
-    CSV: the first column present among TIME_COLUMNS (p_time, pick_time, time,
-    origin_time) gives the time; an optional ``station`` column (NET.STA, or
-    STA with a ``network`` column) makes it per station. Rows with an empty
-    time are skipped and counted.
-
-    fmt: "quakeml" or "csv"; by default from the extension (.csv is CSV, .xml,
-    .quakeml, .qml are QuakeML, anything else is tried as an ObsPy event file).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"reference catalog {path} does not exist (or is not a file)")
-    kind = (fmt or "").strip().lower() or ("csv" if path.suffix.lower() == ".csv" else "quakeml")
-    if kind == "csv":
-        ref = _read_reference_csv(path)
-    elif kind == "quakeml":
-        ref = _read_reference_quakeml(path)
-    else:
-        raise ValueError(f"unknown reference format {fmt!r}; expected 'quakeml' or 'csv'")
-    if ref.skipped:
-        log.warning("%s: skipped %d entries without a usable time or station", path, ref.skipped)
-    return ref
-
-
 # -- scoring ---------------------------------------------------------------------------
 
 
@@ -343,7 +187,7 @@ def score(
         if station is None:
             has_network_items = True
             continue
-        key = _station_key(station)
+        key = station_key(station)
         by_station.setdefault(key, _Index()).add(s, e, j)
         by_code.setdefault(key[1], _Index()).add(s, e, j)
     for index in (everything, *by_station.values(), *by_code.values()):
@@ -363,7 +207,7 @@ def score(
         if ref.station is None:
             index = everything
         else:
-            key = _station_key(ref.station)
+            key = station_key(ref.station)
             index = by_station.get(key, empty) if key[0] else by_code.get(key[1], empty)
         for j in index.containing(t_ns, tol_ns):
             peak_ns = dets[j].peak_time.ns

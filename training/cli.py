@@ -18,18 +18,104 @@ def templates() -> None:
 
 
 @templates.command("build")
-@click.pass_context
-def _build_placeholder(ctx: click.Context) -> None:  # replaced below when build.py is present
-    raise click.ClickException("templates build is not available")
+@click.option(
+    "--waveforms",
+    multiple=True,
+    help="Waveform file, folder or glob (quote it); repeatable. Or use --sds.",
+)
+@click.option("--sds", "sds_root", type=click.Path(file_okay=False), help="SDS archive root.")
+@click.option(
+    "--catalog",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="QuakeML, CSV of picks (p_time/pick_time/time + station) or CSV of origins.",
+)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Templates file.")
+@click.option("--window-s", default=10.0, show_default=True, help="Window length (s).")
+@click.option("--pre-onset-s", default=1.5, show_default=True, help="Window start before P (s).")
+@click.option(
+    "--min-pre-onset-s",
+    type=float,
+    default=None,
+    help="Start at the data's start when it has less than --pre-onset-s before P, down to this.",
+)
+@click.option("--components", default="ENZ", show_default=True, help="Component order.")
+@click.option("--sampling-rate-hz", default=100.0, show_default=True)
+@click.option("--noise-margin-s", default=2.0, show_default=True, help="Noise ends this before P.")
+@click.option("--noise-after-s", default=60.0, show_default=True, help="Noise starts this after P.")
+@click.option("--noise-per-record", default=2, show_default=True, help="Per file / station-day.")
+@click.option("--noise-stride-s", type=float, default=None, help="Noise grid (default: window).")
+@click.option("--vp-km-s", default=6.0, show_default=True, help="P velocity for travel times.")
+@click.option("--max-distance-km", type=float, default=None, help="Travel-time stations within.")
+@click.option(
+    "--stations",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="StationXML or CSV (id,latitude,longitude) for origin catalogs.",
+)
+@click.option(
+    "--max-flat-s",
+    type=float,
+    default=0.5,
+    show_default=True,
+    help="Identical values for longer than this are filled data: a gap (0 keeps them).",
+)
+@click.option("--clusters", type=int, default=None, help="k-means location classes.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def build_cmd(
+    waveforms: tuple[str, ...],
+    sds_root: str | None,
+    catalog: str,
+    out: str,
+    window_s: float,
+    pre_onset_s: float,
+    min_pre_onset_s: float | None,
+    components: str,
+    sampling_rate_hz: float,
+    noise_margin_s: float,
+    noise_after_s: float,
+    noise_per_record: int,
+    noise_stride_s: float | None,
+    vp_km_s: float,
+    max_distance_km: float | None,
+    stations: str | None,
+    max_flat_s: float,
+    clusters: int | None,
+    seed: int,
+    progress: bool,
+) -> None:
+    """Build a templates file from continuous waveforms (files or SDS) and a catalog."""
+    from .build import build_templates
 
-
-try:  # the builder lives in training/build.py
-    from .build import build_cmd
-
-    templates.commands.pop("build", None)
-    templates.add_command(build_cmd, "build")
-except ImportError:  # pragma: no cover - only while developing
-    pass
+    if bool(waveforms) == bool(sds_root):
+        raise click.UsageError("give --waveforms (repeatable) or --sds, exactly one of them")
+    try:
+        report = build_templates(
+            list(waveforms) or None,
+            sds_root,
+            catalog,
+            out,
+            window_s=window_s,
+            pre_onset_s=pre_onset_s,
+            min_pre_onset_s=min_pre_onset_s,
+            component_order=components,
+            sampling_rate_hz=sampling_rate_hz,
+            noise_margin_s=noise_margin_s,
+            noise_after_s=noise_after_s,
+            noise_per_record=noise_per_record,
+            noise_window_stride_s=noise_stride_s,
+            vp_km_s=vp_km_s,
+            max_distance_km=max_distance_km,
+            stations=stations,
+            max_flat_s=max_flat_s or None,
+            clusters=clusters,
+            seed=seed,
+            progress=progress,
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(report.table())
 
 
 @templates.command("info")

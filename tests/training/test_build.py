@@ -21,12 +21,12 @@ from obspy.core.event import (
     WaveformStreamID,
 )
 from quakescan.training.build import (
-    build_cmd,
     build_templates,
     cut_templates,
     read_catalog,
     travel_time_s,
 )
+from quakescan.training.cli import build_cmd
 from quakescan.training.templates import read_templates
 
 RATE = 100.0
