@@ -41,13 +41,13 @@ from quakescan.detector.catalog import (
     _RID_PREFIX,
     QUAKESCAN_NS,
     Detection,
-    _atomic_write,
     _catalog_rid,
     _detection_pick,
     dedupe,
     detection_to_dict,
     format_time,
 )
+from quakescan.detector.fsio import atomic_write
 
 
 def net_sta(station: str) -> str:
@@ -225,4 +225,4 @@ def write_network_quakeml(events: Iterable[NetworkEvent], path: str | os.PathLik
     def write(tmp: str) -> None:
         catalog.write(tmp, format="QUAKEML", nsmap=_NSMAP)
 
-    return _atomic_write(path, write)
+    return atomic_write(path, write)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import io
@@ -10,7 +9,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +24,8 @@ from obspy.core.event import (
     WaveformStreamID,
 )
 from obspy.core.util import AttribDict
+
+from .fsio import atomic_write
 
 
 def detection_id(
@@ -219,44 +219,6 @@ def detection_from_dict(row: Mapping[str, Any], where: str = "detection") -> Det
     )
 
 
-# -- atomic writes --------------------------------------------------------------
-
-
-def _atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp)`` on a temp file next to ``path``, fsync it, then os.replace it over ``path``.
-
-    A crash leaves either the old file or the new one, never half of one.
-    """
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise FileNotFoundError(f"cannot write {path}: directory {parent} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        # mkstemp makes the file 0600; a catalog is meant to be shared.
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically (temp file in the same directory + os.replace)."""
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-
-    return _atomic_write(path, write)
-
-
 def _existing_file(path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     if not path.is_file():
@@ -275,7 +237,7 @@ def write_csv(detections: Iterable[Detection], path: str | os.PathLike[str]) -> 
     for det in detections:
         row = detection_to_dict(det)
         writer.writerow([repr(row[k]) if k == "peak_probability" else row[k] for k in FIELDS])
-    return write_text_atomic(path, buf.getvalue())
+    return atomic_write(path, buf.getvalue())
 
 
 def read_csv(path: str | os.PathLike[str]) -> list[Detection]:
@@ -322,7 +284,7 @@ def read_csv(path: str | os.PathLike[str]) -> list[Detection]:
 def write_jsonl(detections: Iterable[Detection], path: str | os.PathLike[str]) -> Path:
     """Write detections as JSON lines: one object with FIELDS per line."""
     lines = [json.dumps(detection_to_dict(det)) + "\n" for det in detections]
-    return write_text_atomic(path, "".join(lines))
+    return atomic_write(path, "".join(lines))
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[Detection]:
@@ -414,7 +376,7 @@ def write_quakeml(detections: Iterable[Detection], path: str | os.PathLike[str])
     def write(tmp: str) -> None:
         catalog.write(tmp, format="QUAKEML", nsmap=_NSMAP)
 
-    return _atomic_write(path, write)
+    return atomic_write(path, write)
 
 
 def read_quakeml(path: str | os.PathLike[str]) -> list[Detection]:

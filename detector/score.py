@@ -39,7 +39,8 @@ from typing import Any, Protocol
 
 import click
 from obspy import UTCDateTime, read_events
-from quakescan.detector.catalog import format_time, read_catalog, write_text_atomic
+from quakescan.detector.catalog import format_time, read_catalog
+from quakescan.detector.fsio import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -471,7 +472,7 @@ def score_cmd(
             what = f"{len(detections)} network events (>= {min_stations} stations)"
         result = score(detections, reference, tolerance_s)
         if json_out is not None:
-            write_text_atomic(json_out, json.dumps(result.to_dict(), indent=2) + "\n")
+            atomic_write(json_out, json.dumps(result.to_dict(), indent=2) + "\n")
     except (ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"detections {detections_path}: {what}")

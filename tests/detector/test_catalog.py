@@ -13,7 +13,6 @@ from quakescan.detector.catalog import (
     FIELDS,
     QUAKESCAN_NS,
     Detection,
-    _atomic_write,
     dedupe,
     detection_id,
     read_catalog,
@@ -26,6 +25,7 @@ from quakescan.detector.catalog import (
     write_jsonl,
     write_quakeml,
 )
+from quakescan.detector.fsio import atomic_write
 
 T0 = UTCDateTime("2014-08-12T04:00:30.000000Z")
 
@@ -294,7 +294,7 @@ def test_atomic_write_leaves_old_file_and_no_temp_file_on_failure(tmp_path, dete
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError, match="disk full"):
-        _atomic_write(path, crash)
+        atomic_write(path, crash)
     assert path.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["c.csv"]
     # a successful write leaves no temp file either, and a readable (not 0600) file
