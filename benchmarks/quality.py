@@ -331,7 +331,7 @@ def trigger_detections(det: Detector, sps: list[StationProbabilities]) -> list[D
             if len(sp.k):
                 out += trig.feed(sp.k, sp.probs)
         out += trig.flush()
-    return sorted(out, key=lambda d: (d.start, d.station))
+    return sorted(out)
 
 
 # ----------------------------------------------------------------- STA/LTA fast path
@@ -483,10 +483,7 @@ def score_ncal(
                 "heldout": None
                 if heldout.stations is None
                 else r.station.upper() in heldout.stations,
-                "detections": [
-                    f"{format_time(d.start)}..{format_time(d.end)} p={d.peak_probability:.3g}"
-                    for d in dets_by_record.get(r.index, [])
-                ],
+                "detections": [str(d) for d in dets_by_record.get(r.index, [])],
             }
             for r in records
             if r.index not in hit

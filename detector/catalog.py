@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -39,6 +40,12 @@ def detection_id(
     return hashlib.sha1(key.encode()).hexdigest()[:20]
 
 
+def _us(t: UTCDateTime) -> int:
+    """``t`` in integer microseconds, rounded as UTCDateTime's own comparisons round it."""
+    return round(t.ns, -3)
+
+
+@functools.total_ordering
 @dataclass
 class Detection:
     """One detection at one station.
@@ -48,6 +55,11 @@ class Detection:
     window's end; peak_time: estimated onset of the event (the peak window's
     start plus the model's onset offset); peak_probability: highest event
     probability; label: the event class with the highest probability.
+
+    Detections are totally ordered, the one order of every catalog and listing:
+    by start, then station, channel prefix and id (the remaining fields break the
+    ties of equal ids, so ``a < b``, ``a == b`` or ``a > b`` always holds exactly).
+    ``str(d)`` is the one line the ``detect`` and ``serve`` commands print.
     """
 
     station: str
@@ -74,6 +86,32 @@ class Detection:
     @property
     def duration_s(self) -> float:
         return self.end - self.start
+
+    def sort_key(self) -> tuple:
+        """(start, station, channel_prefix, id, then the other fields); times in microseconds."""
+        return (
+            _us(self.start),
+            self.station,
+            self.channel_prefix,
+            self.id,
+            _us(self.end),
+            _us(self.peak_time),
+            self.peak_probability,
+            self.label,
+            self.model,
+            self.model_version,
+        )
+
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, Detection):
+            return NotImplemented
+        return self.sort_key() < other.sort_key()
+
+    def __str__(self) -> str:
+        return (
+            f"{self.peak_time}  {self.station}.{self.channel_prefix}  {self.label:<10} "
+            f"p={self.peak_probability:.3f}  [{self.start} - {self.end}]  id={self.id}"
+        )
 
     @property
     def seed_id(self) -> str:
@@ -470,8 +508,3 @@ def dedupe(detections: Iterable[Detection]) -> list[Detection]:
         ):
             best[det.id] = det
     return list(best.values())
-
-
-def sort_detections(detections: Iterable[Detection]) -> list[Detection]:
-    """A new list sorted by (start, station), ties broken by id for a total order."""
-    return sorted(detections, key=lambda d: (d.start.ns, d.station, d.id))

@@ -12,7 +12,7 @@ import click
 from obspy import Stream, UTCDateTime
 from tqdm import tqdm
 
-from .catalog import Detection, catalog_format, sort_detections, write_catalog
+from .catalog import Detection, catalog_format, write_catalog
 from .score import score_cmd  # noqa: F401  (registered as `quakescan score`)
 
 
@@ -308,7 +308,7 @@ def detect_cmd(
             dets = list(det.detect_iter([Stream(traces)]))
             detections += dets
             account(f"{sta}.{prefix}", dets, *before)
-    detections = sort_detections(detections)
+    detections = sorted(detections)
     seconds = time.perf_counter() - t0
     events = None
     if min_stations > 1:
@@ -333,9 +333,7 @@ def detect_cmd(
     elif kept:
         click.echo("")
         for d in kept:
-            click.echo(
-                f"{d.peak_time}  {d.station}.{d.channel_prefix}  {d.label:<10} p={d.peak_probability:.3f}  [{d.start} - {d.end}]  id={d.id}"
-            )
+            click.echo(str(d))
 
 
 @click.command("plot")
