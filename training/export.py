@@ -169,7 +169,12 @@ def build_spec(
 
 def threshold_for_fpr(probs: np.ndarray, labels: np.ndarray, target: float) -> float:
     """The lowest event-probability threshold (4 decimals) that keeps the false-positive
-    rate on noise windows <= target: just above the noise window ranked floor(target * n)."""
+    rate on noise windows <= target: just above the noise window ranked floor(target * n).
+
+    probs: float[n, K] class probabilities (noise first); labels: int[n]. Rounded up to
+    the 4 decimals the spec stores, so the stored threshold keeps the guarantee; 0.5
+    when the target allows every noise window (or there is none).
+    """
     noise = np.sort(1.0 - probs[labels == 0, 0])[::-1]
     k = int(np.floor(target * len(noise) + 1e-9))  # false positives allowed
     if k >= len(noise):
