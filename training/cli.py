@@ -1,4 +1,8 @@
-"""Training subcommands: templates build, train, evaluate, export (torch imported when run)."""
+"""Training subcommands: templates build / info, train, evaluate, export.
+
+torch is imported only inside the commands that need it (train, evaluate,
+export): ``quakescan templates build`` and ``templates info`` run without it.
+"""
 
 from __future__ import annotations
 
@@ -8,28 +12,16 @@ from pathlib import Path
 
 import click
 
-from .augment import AugmentConfig
-from .pipeline import ARCHITECTURES, ModelConfig
+from . import ARCHITECTURES
+from .build import build_cmd
 
 
 @click.group()
 def templates() -> None:
-    """HDF5 waveform templates (the seed's format)."""
+    """HDF5 waveform templates (the format is described in training/templates.py)."""
 
 
-@templates.command("build")
-@click.pass_context
-def _build_placeholder(ctx: click.Context) -> None:  # replaced below when build.py is present
-    raise click.ClickException("templates build is not available")
-
-
-try:  # the builder lives in training/build.py
-    from .build import build_cmd
-
-    templates.commands.pop("build", None)
-    templates.add_command(build_cmd, "build")
-except ImportError:  # pragma: no cover - only while developing
-    pass
+templates.add_command(build_cmd, "build")
 
 
 @templates.command("info")
@@ -316,4 +308,4 @@ def _rebuild(src: str, out: str, templates_path: str | None) -> None:
     click.echo(f"  old vs new graph: max |diff| {diff:.2e} on {len(x)} real windows")
 
 
-__all__ = ["templates", "train_cmd", "evaluate_cmd", "export_cmd", "AugmentConfig", "ModelConfig"]
+__all__ = ["templates", "train_cmd", "evaluate_cmd", "export_cmd"]
