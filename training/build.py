@@ -9,7 +9,7 @@ and noise windows from the quiet part -> optional k-means location clusters -> `
 
 Windows are raw counts (float32), never filtered: the model filters inside its graph. A window
 that would straddle a gap or run past the data is skipped and counted, never zero-filled. The one
-exception to "no zeros" is the seed's own convention: a vertical-only station gets all-zero
+exception to "no zeros" is the templates format's own convention: a vertical-only station gets all-zero
 horizontal channels.
 
 This is how ConvNetQuake's templates were made (Perol et al. 2018: windows around catalog events,
@@ -505,7 +505,7 @@ def select_channels(
     E/N/Z codes map directly, 1 -> N and 2 -> E (only where no N/E channel exists). The first
     location code (sorted) is used; of several band+instrument codes (HH, HN, ...) the one with
     the most usable components wins, then the higher rate, then seismometer over accelerometer.
-    A station with Z alone gets empty (all-zero) horizontals, as the seed's templates do.
+    A station with Z alone gets empty (all-zero) horizontals, as the templates format marks a missing component.
     Runs of identical values longer than ``max_flat_s`` are cut out (see ``_prepare``).
     """
     if len(st) == 0:

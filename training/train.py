@@ -366,7 +366,7 @@ def train(
 
 
 def plot_learning_curve(history: list[dict[str, Any]], path: Path) -> Path | None:
-    """The seed's figure: loss and accuracy against epoch on twin axes."""
+    """The learning curve: loss and accuracy against epoch on twin axes."""
     if not history:
         return None
     import matplotlib
