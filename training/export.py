@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
+from quakescan.detector.fsio import atomic_write
 from quakescan.detector.spec import SPEC_KEY, ModelSpec, Preparation, TriggerDefaults
 from quakescan.detector.trigger import PLATEAU_DELTA
 
@@ -315,7 +316,7 @@ def export(
     onnx.checker.check_model(m, full_check=True)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(m, str(out))
+    atomic_write(out, lambda tmp: onnx.save(m, tmp))
     log.info(
         "exported %s (%d bytes); parity max |diff| %.2e on %d windows",
         out,
@@ -425,5 +426,5 @@ def rebuild_onnx(src: str | Path, out: str | Path, windows: np.ndarray) -> float
     diff = float(np.abs(pa - pb).max())
     if diff > PARITY_ATOL:
         raise RuntimeError(f"rebuilt graph disagrees with {src} by {diff:.2e} (> {PARITY_ATOL})")
-    Path(out).write_bytes(raw)
+    atomic_write(out, raw)
     return diff
