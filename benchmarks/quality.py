@@ -74,7 +74,8 @@ from quakescan.detector.catalog import Detection, format_time  # noqa: E402
 from quakescan.detector.core import Detector, StationProbabilities  # noqa: E402
 from quakescan.detector.model import OnnxModel, resolve_model_path  # noqa: E402
 from quakescan.detector.prepare import Segment  # noqa: E402
-from quakescan.detector.score import ReferenceTime, score  # noqa: E402
+from quakescan.detector.refcatalog import ReferenceTime  # noqa: E402
+from quakescan.detector.score import score  # noqa: E402
 from quakescan.detector.stalta import StaLtaParams  # noqa: E402
 from quakescan.detector.windows import grid_windows  # noqa: E402
 
@@ -331,7 +332,7 @@ def trigger_detections(det: Detector, sps: list[StationProbabilities]) -> list[D
             if len(sp.k):
                 out += trig.feed(sp.k, sp.probs)
         out += trig.flush()
-    return sorted(out, key=lambda d: (d.start, d.station))
+    return sorted(out)
 
 
 # ----------------------------------------------------------------- STA/LTA fast path
@@ -483,10 +484,7 @@ def score_ncal(
                 "heldout": None
                 if heldout.stations is None
                 else r.station.upper() in heldout.stations,
-                "detections": [
-                    f"{format_time(d.start)}..{format_time(d.end)} p={d.peak_probability:.3g}"
-                    for d in dets_by_record.get(r.index, [])
-                ],
+                "detections": [str(d) for d in dets_by_record.get(r.index, [])],
             }
             for r in records
             if r.index not in hit

@@ -41,13 +41,13 @@ from quakescan.detector.catalog import (
     _RID_PREFIX,
     QUAKESCAN_NS,
     Detection,
-    _atomic_write,
     _catalog_rid,
     _detection_pick,
     dedupe,
     detection_to_dict,
     format_time,
 )
+from quakescan.detector.fsio import atomic_write
 
 
 def net_sta(station: str) -> str:
@@ -114,6 +114,15 @@ def network_event_id(member_ids: Iterable[str]) -> str:
     return hashlib.sha1(f"network|{key}".encode()).hexdigest()[:20]
 
 
+def by_peak_time(det: Detection) -> tuple[int, str, str]:
+    """Sort key of association: by onset (peak_time), not by Detection's own order (start).
+
+    Stations see an event's onset at nearly the same time, but their triggers can
+    start windows apart; grouping follows the onsets.
+    """
+    return (det.peak_time.ns, det.station, det.id)
+
+
 def _majority_label(members: list[Detection]) -> str:
     counts = Counter(d.label for d in members)
     best_prob: dict[str, float] = {}
@@ -134,7 +143,7 @@ def _make_event(group: list[Detection]) -> NetworkEvent:
             kept.id,
         ):
             best[key] = det
-    members = sorted(best.values(), key=lambda d: (d.peak_time.ns, d.station, d.id))
+    members = sorted(best.values(), key=by_peak_time)
     probs = [d.peak_probability for d in members]
     return NetworkEvent(
         id=network_event_id(d.id for d in members),
@@ -161,7 +170,7 @@ def associate(
     if not tolerance_s >= 0:  # also rejects NaN
         raise ValueError(f"tolerance_s ({tolerance_s!r}) must be a number of seconds >= 0")
     tol_ns = round(tolerance_s * 1e9)
-    ordered = sorted(dedupe(detections), key=lambda d: (d.peak_time.ns, d.station, d.id))
+    ordered = sorted(dedupe(detections), key=by_peak_time)
 
     groups: list[list[Detection]] = []
     for det in ordered:
@@ -225,4 +234,4 @@ def write_network_quakeml(events: Iterable[NetworkEvent], path: str | os.PathLik
     def write(tmp: str) -> None:
         catalog.write(tmp, format="QUAKEML", nsmap=_NSMAP)
 
-    return _atomic_write(path, write)
+    return atomic_write(path, write)

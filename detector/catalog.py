@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
+import functools
 import hashlib
 import io
 import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,8 @@ from obspy.core.event import (
 )
 from obspy.core.util import AttribDict
 
+from .fsio import atomic_write
+
 
 def detection_id(
     station: str, channel_prefix: str, start: UTCDateTime, model: str, model_version: str
@@ -39,6 +40,12 @@ def detection_id(
     return hashlib.sha1(key.encode()).hexdigest()[:20]
 
 
+def _us(t: UTCDateTime) -> int:
+    """``t`` in integer microseconds, rounded as UTCDateTime's own comparisons round it."""
+    return round(t.ns, -3)
+
+
+@functools.total_ordering
 @dataclass
 class Detection:
     """One detection at one station.
@@ -48,6 +55,11 @@ class Detection:
     window's end; peak_time: estimated onset of the event (the peak window's
     start plus the model's onset offset); peak_probability: highest event
     probability; label: the event class with the highest probability.
+
+    Detections are totally ordered, the one order of every catalog and listing:
+    by start, then station, channel prefix and id (the remaining fields break the
+    ties of equal ids, so ``a < b``, ``a == b`` or ``a > b`` always holds exactly).
+    ``str(d)`` is the one line the ``detect`` and ``serve`` commands print.
     """
 
     station: str
@@ -74,6 +86,32 @@ class Detection:
     @property
     def duration_s(self) -> float:
         return self.end - self.start
+
+    def sort_key(self) -> tuple:
+        """(start, station, channel_prefix, id, then the other fields); times in microseconds."""
+        return (
+            _us(self.start),
+            self.station,
+            self.channel_prefix,
+            self.id,
+            _us(self.end),
+            _us(self.peak_time),
+            self.peak_probability,
+            self.label,
+            self.model,
+            self.model_version,
+        )
+
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, Detection):
+            return NotImplemented
+        return self.sort_key() < other.sort_key()
+
+    def __str__(self) -> str:
+        return (
+            f"{self.peak_time}  {self.station}.{self.channel_prefix}  {self.label:<10} "
+            f"p={self.peak_probability:.3f}  [{self.start} - {self.end}]  id={self.id}"
+        )
 
     @property
     def seed_id(self) -> str:
@@ -219,44 +257,6 @@ def detection_from_dict(row: Mapping[str, Any], where: str = "detection") -> Det
     )
 
 
-# -- atomic writes --------------------------------------------------------------
-
-
-def _atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp)`` on a temp file next to ``path``, fsync it, then os.replace it over ``path``.
-
-    A crash leaves either the old file or the new one, never half of one.
-    """
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise FileNotFoundError(f"cannot write {path}: directory {parent} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        # mkstemp makes the file 0600; a catalog is meant to be shared.
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically (temp file in the same directory + os.replace)."""
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-
-    return _atomic_write(path, write)
-
-
 def _existing_file(path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     if not path.is_file():
@@ -275,7 +275,7 @@ def write_csv(detections: Iterable[Detection], path: str | os.PathLike[str]) -> 
     for det in detections:
         row = detection_to_dict(det)
         writer.writerow([repr(row[k]) if k == "peak_probability" else row[k] for k in FIELDS])
-    return write_text_atomic(path, buf.getvalue())
+    return atomic_write(path, buf.getvalue())
 
 
 def read_csv(path: str | os.PathLike[str]) -> list[Detection]:
@@ -322,7 +322,7 @@ def read_csv(path: str | os.PathLike[str]) -> list[Detection]:
 def write_jsonl(detections: Iterable[Detection], path: str | os.PathLike[str]) -> Path:
     """Write detections as JSON lines: one object with FIELDS per line."""
     lines = [json.dumps(detection_to_dict(det)) + "\n" for det in detections]
-    return write_text_atomic(path, "".join(lines))
+    return atomic_write(path, "".join(lines))
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[Detection]:
@@ -414,7 +414,7 @@ def write_quakeml(detections: Iterable[Detection], path: str | os.PathLike[str])
     def write(tmp: str) -> None:
         catalog.write(tmp, format="QUAKEML", nsmap=_NSMAP)
 
-    return _atomic_write(path, write)
+    return atomic_write(path, write)
 
 
 def read_quakeml(path: str | os.PathLike[str]) -> list[Detection]:
@@ -508,8 +508,3 @@ def dedupe(detections: Iterable[Detection]) -> list[Detection]:
         ):
             best[det.id] = det
     return list(best.values())
-
-
-def sort_detections(detections: Iterable[Detection]) -> list[Detection]:
-    """A new list sorted by (start, station), ties broken by id for a total order."""
-    return sorted(detections, key=lambda d: (d.start.ns, d.station, d.id))

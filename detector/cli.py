@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
-from pathlib import Path
 
 import click
 from obspy import UTCDateTime
 
 from .catalog import Detection, catalog_format
-from .score import score_cmd  # noqa: F401  (registered as `quakescan score`)
 
 
 def _utc(_ctx, _param, value):
@@ -261,9 +259,7 @@ def detect_cmd(
     elif run.kept:
         click.echo("")
         for d in run.kept:
-            click.echo(
-                f"{d.peak_time}  {d.station}.{d.channel_prefix}  {d.label:<10} p={d.peak_probability:.3f}  [{d.start} - {d.end}]  id={d.id}"
-            )
+            click.echo(str(d))
 
 
 @click.command("plot")
@@ -343,4 +339,4 @@ def models_cmd(model):
     click.echo(json.dumps(json.loads(m.spec.to_json()), indent=2))
 
 
-__all__ = ["detect_cmd", "plot_cmd", "score_cmd", "models_cmd", "Path"]
+__all__ = ["detect_cmd", "plot_cmd", "models_cmd"]

@@ -246,7 +246,7 @@ class Detector:
 
     def detect(self, stream: Stream) -> list[Detection]:
         """Detections over a whole stream, sorted by (start, station)."""
-        return sorted(self.detect_iter([stream]), key=lambda d: (d.start, d.station))
+        return sorted(self.detect_iter([stream]))
 
     def detect_iter(self, pieces: Iterable[Stream]) -> Iterator[Detection]:
         """Detections over consecutive pieces of data (e.g. day files), in bounded memory.
@@ -257,8 +257,8 @@ class Detector:
         """
         runner = _StreamRunner(self)
         for st in pieces:
-            yield from sorted(runner.feed(st), key=lambda d: (d.start, d.station))
-        yield from sorted(runner.flush(), key=lambda d: (d.start, d.station))
+            yield from sorted(runner.feed(st))
+        yield from sorted(runner.flush())
 
 
 class _StreamRunner:

@@ -20,7 +20,7 @@ from obspy import Stream, UTCDateTime
 from tqdm import tqdm
 
 from .associate import NetworkEvent, associate, write_network_quakeml
-from .catalog import Detection, catalog_format, sort_detections, write_catalog
+from .catalog import Detection, catalog_format, write_catalog
 from .core import Detector
 from .prepare import PrepReport, expand_paths, group_by_station, read_waveforms
 from .sources import StationSelector, day_starts, iter_sds
@@ -115,7 +115,7 @@ def run_files(det: Detector, paths: list[str], *, progress: bool = False) -> Cat
         groups.items(), desc="stations", unit="station", disable=not progress
     ):
         run.add_station(det, f"{sta}.{prefix}", det.detect_iter([Stream(traces)]))
-    run.detections = sort_detections(run.detections)
+    run.detections = sorted(run.detections)
     run.seconds = time.perf_counter() - t0
     return run
 
@@ -147,7 +147,7 @@ def run_sds(
                     yield st
 
             run.add_station(det, f"{sel.network}.{sel.station}", det.detect_iter(pieces()))
-    run.detections = sort_detections(run.detections)
+    run.detections = sorted(run.detections)
     run.seconds = time.perf_counter() - t0
     return run
 

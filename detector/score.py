@@ -39,9 +39,9 @@ from typing import Any, Protocol
 
 import click
 from obspy import UTCDateTime
-from quakescan.detector.catalog import format_time, read_catalog, write_text_atomic
-from quakescan.detector.refcatalog import (  # noqa: F401  (re-exported: the reader moved)
-    TIME_COLUMNS,
+from quakescan.detector.catalog import format_time, read_catalog
+from quakescan.detector.fsio import atomic_write
+from quakescan.detector.refcatalog import (
     ReferenceCatalog,
     ReferenceTime,
     read_reference,
@@ -315,7 +315,7 @@ def score_cmd(
             what = f"{len(detections)} network events (>= {min_stations} stations)"
         result = score(detections, reference, tolerance_s)
         if json_out is not None:
-            write_text_atomic(json_out, json.dumps(result.to_dict(), indent=2) + "\n")
+            atomic_write(json_out, json.dumps(result.to_dict(), indent=2) + "\n")
     except (ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"detections {detections_path}: {what}")

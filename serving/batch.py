@@ -27,7 +27,6 @@ from quakescan.detector.catalog import (
     Detection,
     detection_from_dict,
     detection_to_dict,
-    sort_detections,
 )
 from quakescan.detector.core import Detector
 from quakescan.detector.model import resolve_model_path
@@ -316,7 +315,7 @@ def finalize_job(state, job_id: str) -> dict[str, Any]:
         k, p = k[order], p[order]
         k, first = np.unique(k, return_index=True)
         dets += trig.feed(k, p[first]) + trig.flush()
-    dets = sort_detections(dets)
+    dets = sorted(dets)
     pipe = r.pipeline()
     pipe.set(CATALOG.format(job_id), "\n".join(json.dumps(detection_to_dict(d)) for d in dets))
     pipe.hset(

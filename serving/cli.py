@@ -21,7 +21,7 @@ SUBCOMMANDS: dict[str, str] = {
     # detector
     "detect": "quakescan.detector.cli:detect_cmd",
     "plot": "quakescan.detector.cli:plot_cmd",
-    "score": "quakescan.detector.cli:score_cmd",
+    "score": "quakescan.detector.score:score_cmd",
     "models": "quakescan.detector.cli:models_cmd",
     # serving
     "worker": "quakescan.serving.commands:worker_cmd",

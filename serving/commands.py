@@ -615,7 +615,5 @@ def serve_cmd(config_file, out_dir, until_done, metrics_port):
     dets = svc.run(stop, until_done=until_done)
     click.echo(svc.summary(time.time() - t0))
     for d in dets:
-        click.echo(
-            f"{d.peak_time}  {d.station}.{d.channel_prefix}  {d.label:<10} p={d.peak_probability:.3f}  id={d.id}"
-        )
+        click.echo(str(d))
     click.echo(f"catalogs in {cfg.out_dir}/")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
-import os
 import threading
 import time
 from collections import defaultdict, deque
@@ -24,6 +23,7 @@ from typing import Any
 
 import numpy as np
 from obspy import Stream, Trace, UTCDateTime
+from quakescan.detector.fsio import atomic_write
 from quakescan.detector.prepare import COMPONENT_MAP
 
 from .chunks import Chunk, chunk_phase, chunk_windows, data_span, stream_to_mseed
@@ -261,9 +261,7 @@ class Spool:
             f"chunk-{time.time_ns():020d}-{msg['station']}-{msg['channel_prefix']}"
             f"-{msg['seq']:012d}.json"
         )
-        tmp = self.dir / (name + ".tmp")
-        tmp.write_text(json.dumps(msg))
-        os.replace(tmp, self.dir / name)
+        atomic_write(self.dir / name, json.dumps(msg))
         self._n += 1
         return self.dir / name
 
@@ -418,9 +416,7 @@ class Feeder:
             st = st.copy()
             st.merge(method=1, fill_value=None)
             st = st.split()
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(stream_to_mseed(st))
-            os.replace(tmp, path)
+            atomic_write(path, stream_to_mseed(st))
             n += len(st)
         return n
 
@@ -455,9 +451,7 @@ class Feeder:
                 if b.next_k is not None
             }
         }
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(d))
-        os.replace(tmp, self.state_file)
+        atomic_write(self.state_file, json.dumps(d))
 
     def _buffer(self, station: str, prefix: str) -> StationBuffer:
         key = (station, prefix)

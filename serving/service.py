@@ -132,7 +132,7 @@ class InProcessService:
             worker_state.should_terminate = 0
             wt.join(10)
             worker_state.should_terminate = None
-        return sorted(self.published.items, key=lambda d: (d.start, d.station))
+        return sorted(self.published.items)
 
     def summary(self, seconds: float) -> str:
         d = self.published.items

@@ -118,7 +118,7 @@ class CatalogFiles:
 
     def _rewrite(self) -> None:
         for day in sorted(self._dirty):
-            ds = sorted(self._days[day], key=lambda d: (d.start, d.station, d.id))
+            ds = sorted(self._days[day])
             if "csv" in self.formats:
                 write_csv(ds, self._path(day, "csv"))
             if "quakeml" in self.formats:

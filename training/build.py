@@ -12,7 +12,7 @@ polyphase resampling) -> event windows around each onset and noise windows from 
 
 Windows are raw counts (float32), never filtered: the model filters inside its graph. A window
 that would straddle a gap or run past the data is skipped and counted, never zero-filled. The one
-exception to "no zeros" is the seed's own convention: a vertical-only station gets all-zero
+exception to "no zeros" is the templates format's own convention: a vertical-only station gets all-zero
 horizontal channels.
 
 This is how ConvNetQuake's templates were made (Perol et al. 2018: windows around catalog events,

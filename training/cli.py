@@ -1,4 +1,8 @@
-"""Training subcommands: templates build, train, evaluate, export (torch imported when run)."""
+"""Training subcommands: templates build / info, train, evaluate, export.
+
+torch is imported only inside the commands that need it (train, evaluate,
+export): ``quakescan templates build`` and ``templates info`` run without it.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,12 @@ from pathlib import Path
 
 import click
 
-from .augment import AugmentConfig
-from .pipeline import ARCHITECTURES, ModelConfig
+from . import ARCHITECTURES
 
 
 @click.group()
 def templates() -> None:
-    """HDF5 waveform templates (the seed's format)."""
+    """HDF5 waveform templates (the format is described in training/templates.py)."""
 
 
 @templates.command("build")
@@ -402,4 +405,4 @@ def _rebuild(src: str, out: str, templates_path: str | None) -> None:
     click.echo(f"  old vs new graph: max |diff| {diff:.2e} on {len(x)} real windows")
 
 
-__all__ = ["templates", "train_cmd", "evaluate_cmd", "export_cmd", "AugmentConfig", "ModelConfig"]
+__all__ = ["templates", "train_cmd", "evaluate_cmd", "export_cmd"]

@@ -87,7 +87,7 @@ def select_channels(
     The first location code (sorted) is used; of several band+instrument codes (HH, HN, ...)
     the one with the most usable components wins, then the higher rate, then seismometer over
     accelerometer. Codes map as the detector maps them (1 -> N, 2 -> E; N/E win over 1/2).
-    A station with Z alone gets all-zero horizontals, as the seed's templates do; one missing
+    A station with Z alone gets all-zero horizontals, as the templates format marks a missing component; one missing
     another component is skipped. Runs of identical values longer than ``max_flat_s`` are
     recorded in ``flat`` (see ``cut_window``).
     """

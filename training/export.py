@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
+from quakescan.detector.fsio import atomic_write
 from quakescan.detector.spec import SPEC_KEY, ModelSpec, Preparation
 from quakescan.detector.trigger import PLATEAU_DELTA, TriggerParams
 
@@ -169,7 +170,12 @@ def build_spec(
 
 def threshold_for_fpr(probs: np.ndarray, labels: np.ndarray, target: float) -> float:
     """The lowest event-probability threshold (4 decimals) that keeps the false-positive
-    rate on noise windows <= target: just above the noise window ranked floor(target * n)."""
+    rate on noise windows <= target: just above the noise window ranked floor(target * n).
+
+    probs: float[n, K] class probabilities (noise first); labels: int[n]. Rounded up to
+    the 4 decimals the spec stores, so the stored threshold keeps the guarantee; 0.5
+    when the target allows every noise window (or there is none).
+    """
     noise = np.sort(1.0 - probs[labels == 0, 0])[::-1]
     k = int(np.floor(target * len(noise) + 1e-9))  # false positives allowed
     if k >= len(noise):
@@ -310,7 +316,7 @@ def export(
     onnx.checker.check_model(m, full_check=True)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(m, str(out))
+    atomic_write(out, lambda tmp: onnx.save(m, tmp))
     log.info(
         "exported %s (%d bytes); parity max |diff| %.2e on %d windows",
         out,
@@ -420,5 +426,5 @@ def rebuild_onnx(src: str | Path, out: str | Path, windows: np.ndarray) -> float
     diff = float(np.abs(pa - pb).max())
     if diff > PARITY_ATOL:
         raise RuntimeError(f"rebuilt graph disagrees with {src} by {diff:.2e} (> {PARITY_ATOL})")
-    Path(out).write_bytes(raw)
+    atomic_write(out, raw)
     return diff

@@ -61,14 +61,3 @@ def confusion_matrix(
     cm = np.zeros((n_classes, n_classes), dtype=np.int64)
     np.add.at(cm, (labels, pred), 1)
     return cm
-
-
-def threshold_for_fpr(probs: np.ndarray, labels: np.ndarray, max_fpr: float) -> float:
-    """Smallest event-probability threshold whose false-positive rate on noise is <= max_fpr."""
-    noise = np.sort(1.0 - probs[labels == 0, 0])[::-1]
-    if len(noise) == 0:
-        return 0.5
-    k = int(np.floor(max_fpr * len(noise)))  # false positives allowed
-    if k >= len(noise):
-        return float(noise[-1])
-    return float(np.nextafter(noise[k], np.float32(1.0)))

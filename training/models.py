@@ -59,8 +59,8 @@ class ConvNetQuake(nn.Module):
 class SlowEarthquakeConfig:
     """Rouet-Leduc, Hulbert, McBrearty & Johnson (2020), GRL 47: e2019GL085870.
 
-    Layout as read from the paper in the seed's section 4: input a 1 x F x T
-    spectrogram (129 x 95 in the paper; flatten size 36,608 there).
+    Layout as read from the paper: input a 1 x F x T spectrogram (129 x 95 in the
+    paper; flatten size 36,608 there).
     """
 
     n_freq: int = 129
@@ -99,38 +99,6 @@ class SlowEarthquakeCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
-
-
-@dataclass
-class LeNet5Config:
-    """LeCun et al. (1998), as in the seed's section 2.2: sigmoid, average pooling."""
-
-    n_classes: int = 10
-
-
-class LeNet5(nn.Module):
-    """float32[B, 1, 28, 28] -> logits float32[B, n_classes]."""
-
-    def __init__(self, cfg: LeNet5Config) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(1, 6, kernel_size=5, padding=2),
-            nn.Sigmoid(),
-            nn.AvgPool2d(kernel_size=2, stride=2),
-            nn.Conv2d(6, 16, kernel_size=5),
-            nn.Sigmoid(),
-            nn.AvgPool2d(kernel_size=2, stride=2),
-            nn.Flatten(),
-            nn.Linear(16 * 5 * 5, 120),
-            nn.Sigmoid(),
-            nn.Linear(120, 84),
-            nn.Sigmoid(),
-            nn.Linear(84, cfg.n_classes),
-        )
-        self.cfg = cfg
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x.view(-1, 1, 28, 28))
 
 
 def count_parameters(model: nn.Module) -> int:

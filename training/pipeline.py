@@ -12,10 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import ARCHITECTURES
 from .frontend import PreparationConfig, Spectrogram, SpectrogramConfig, WindowPreparation
 from .models import ConvNetQuake, ConvNetQuakeConfig, SlowEarthquakeCNN, SlowEarthquakeConfig
-
-ARCHITECTURES = ("convnetquake", "slow-earthquake")
 
 
 @dataclass

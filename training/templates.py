@@ -1,7 +1,8 @@
 """HDF5 waveform templates: read, validate, clean, split, and cut training windows.
 
-The seed's format: datasets ``earthquakes`` and ``noise``, each float
-(N, channels, samples), 10 s at 100 Hz in ConvNetQuake's original (N, 3, 1000).
+The templates format (HDF5): datasets ``earthquakes`` and ``noise``, each float
+(N, channels, samples); ConvNetQuake's windows (Perol et al. 2018) are 10 s at
+100 Hz, (N, 3, 1000).
 Optional: ``tremor`` (slow-earthquake positives), an integer ``clusters``
 dataset aligned with ``earthquakes`` (ConvNetQuake's k-means location classes:
 noise is class 0, cluster k is class k + 1), attributes ``sampling_rate`` and
@@ -29,7 +30,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SAMPLING_RATE_HZ = 100.0  # the seed's templates
+DEFAULT_SAMPLING_RATE_HZ = 100.0  # ConvNetQuake's windows (Perol et al. 2018)
 DEFAULT_COMPONENT_ORDER = "ENZ"
 POSITIVE_DATASETS = ("earthquakes", "tremor")
 
@@ -242,7 +243,7 @@ def read_templates(path: str | Path) -> Templates:
 
 
 def drop_bad_windows(t: Templates) -> Templates:
-    """Drop windows with NaN/inf samples or whose channels are all zero, as the seed does."""
+    """Drop windows with NaN/inf samples or whose channels are all zero."""
     finite = np.isfinite(t.windows).all(axis=(1, 2))
     with np.errstate(invalid="ignore"):
         alive = (np.abs(np.nan_to_num(t.windows)).max(axis=2) > 0).any(axis=1)
@@ -275,7 +276,7 @@ def write_templates(
     clusters: np.ndarray | None = None,
     attrs: dict | None = None,
 ) -> Path:
-    """Write a templates file in the seed's format plus quakescan's optional datasets.
+    """Write a templates file in the templates format plus quakescan's optional datasets.
 
     classes: {"earthquakes": {"windows": float32[n, c, s], "p_sample": int[n],
     "source": str[n], "station": str[n]}, "noise": {...}, ["tremor": {...}]}.

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from quakescan.detector.fsio import atomic_write
 from tqdm import tqdm
 
 from .augment import AugmentConfig, augment_batch
@@ -147,9 +148,7 @@ def evaluate_loss(
 
 
 def _save(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def train(
@@ -367,7 +366,7 @@ def train(
 
 
 def plot_learning_curve(history: list[dict[str, Any]], path: Path) -> Path | None:
-    """The seed's figure: loss and accuracy against epoch on twin axes."""
+    """The learning curve: loss and accuracy against epoch on twin axes."""
     if not history:
         return None
     import matplotlib

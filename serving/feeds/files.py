@@ -14,6 +14,7 @@ from pathlib import Path
 import obspy
 from obspy import Stream, Trace, UTCDateTime
 from obspy.io.mseed.util import get_record_information
+from quakescan.detector.fsio import atomic_write
 from quakescan.detector.prepare import expand_paths
 
 from . import Emit, Feed
@@ -231,9 +232,7 @@ class SDSFollowFeed(Feed):
 
     def _save(self) -> None:
         if self.state_file:
-            tmp = self.state_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"offsets": self.offsets}))
-            os.replace(tmp, self.state_file)
+            atomic_write(self.state_file, json.dumps({"offsets": self.offsets}))
 
     def _days(self, today) -> list:
         """Every day from the oldest followed one up to today (a late start catches up)."""

@@ -73,6 +73,7 @@ from obspy.clients.seedlink.client.slnetstation import SLNetStation
 from obspy.clients.seedlink.client.slstate import SLState
 from obspy.clients.seedlink.seedlinkexception import SeedLinkException
 from obspy.clients.seedlink.slpacket import SLPacket
+from quakescan.detector.fsio import atomic_write
 from quakescan.serving.feeds import Emit, Feed
 from quakescan.serving.metrics import Metrics, default_metrics
 
@@ -655,23 +656,6 @@ def _check_positive(label: str, value: float) -> None:
 
 
 def _write_json_atomic(path: Path, doc: object) -> None:
-    """Write JSON to a temporary file beside ``path``, fsync it, then rename over ``path``."""
+    """Write JSON to ``path`` atomically (see quakescan.detector.fsio.atomic_write)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=1, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    with contextlib.suppress(OSError):  # make the rename durable (POSIX)
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    atomic_write(path, json.dumps(doc, indent=1, sort_keys=True) + "\n")

@@ -15,7 +15,7 @@ from quakescan.detector.associate import (
     write_network_quakeml,
 )
 from quakescan.detector.catalog import Detection
-from quakescan.detector.score import read_reference
+from quakescan.detector.refcatalog import read_reference
 
 T0 = UTCDateTime("2010-09-01T07:30:00Z")
 

@@ -13,19 +13,18 @@ from quakescan.detector.catalog import (
     FIELDS,
     QUAKESCAN_NS,
     Detection,
-    _atomic_write,
     dedupe,
     detection_id,
     read_catalog,
     read_csv,
     read_jsonl,
     read_quakeml,
-    sort_detections,
     write_catalog,
     write_csv,
     write_jsonl,
     write_quakeml,
 )
+from quakescan.detector.fsio import atomic_write
 
 T0 = UTCDateTime("2014-08-12T04:00:30.000000Z")
 
@@ -294,7 +293,7 @@ def test_atomic_write_leaves_old_file_and_no_temp_file_on_failure(tmp_path, dete
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError, match="disk full"):
-        _atomic_write(path, crash)
+        atomic_write(path, crash)
     assert path.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["c.csv"]
     # a successful write leaves no temp file either, and a readable (not 0600) file
@@ -313,9 +312,50 @@ def test_dedupe_keeps_one_per_id_the_most_probable_whatever_the_order():
     assert dedupe([other, other]) == [other]
 
 
-def test_sort_detections_by_start_then_station():
+def test_detections_sort_by_start_then_station_channel_and_id():
     a = det("NC.BJOB.", 10.0)
     b = det("BK.PKD.", 10.0)
     c = det("ZZ.LAST.", 0.0)
-    assert sort_detections([a, b, c]) == [c, b, a]
-    assert sort_detections([c, a, b]) == [c, b, a]
+    eh = det("BK.PKD.", 10.0, prefix="EH")
+    assert sorted([a, b, c, eh]) == [c, eh, b, a]
+    assert sorted([eh, c, a, b]) == [c, eh, b, a]
+    assert c < b < a and a > c and b <= b and min(a, b, c) is c
+
+
+def test_detection_order_is_total_and_agrees_with_equality():
+    """Exactly one of a < b, a == b, a > b for every pair, even for detections that share an
+    id (same start, station, model) and differ only in end or probability; every input
+    order gives the same sorted list."""
+    import itertools
+    import random
+
+    pool = [
+        det("NC.BJOB.", 0.0),
+        det("NC.BJOB.", 0.0, prob=0.6),
+        det("NC.BJOB.", 0.0, duration_s=12.0),
+        det("NC.BJOB.", 0.0, label="explosion"),
+        det("NC.BJOB.", 0.0, version="2"),
+        det("NC.BJOB.", 0.0000004),  # below UTCDateTime's microsecond: equal to the first
+        det("BK.PKD.", 0.0),
+        det("BK.PKD.", -0.5),
+    ]
+    for x, y in itertools.product(pool, repeat=2):
+        assert [x < y, x == y, x > y].count(True) == 1, (x, y)
+        assert (x <= y) == (x < y or x == y) and (x >= y) == (x > y or x == y)
+    assert pool[0] == pool[5] and pool[0] != pool[1]
+    want = sorted(pool)
+    rng = random.Random(0)
+    for _ in range(50):
+        shuffled = pool[:]
+        rng.shuffle(shuffled)
+        assert sorted(shuffled) == want
+
+
+def test_detection_text_form_is_the_one_line_the_commands_print(tmp_path):
+    d = det("NC.BJOB.", 0.25, prob=0.9734, label="earthquake")
+    assert str(d) == (
+        "2014-08-12T04:00:33.250000Z  NC.BJOB..HH  earthquake p=0.973  "
+        f"[2014-08-12T04:00:30.250000Z - 2014-08-12T04:00:40.250000Z]  id={d.id}"
+    )
+    (back,) = read_jsonl(write_jsonl([d], tmp_path / "c.jsonl"))
+    assert str(back) == str(d)

@@ -38,10 +38,6 @@ def quakescan(*args) -> Result:
     return res
 
 
-def ordered(dets):
-    return sorted(dets, key=lambda d: (d.start, d.station, d.id))
-
-
 def summary_rows(output: str) -> dict[str, list[int]]:
     """The summary table: station -> [windows, detections, gaps, skipped]."""
     rows = {}
@@ -95,9 +91,9 @@ def test_detect_on_files_writes_a_catalog_equal_to_the_detector(data_dir, tmp_pa
     for p in paths:
         st += obspy.read(str(p))
     local = Detector(device="cpu")
-    want = ordered(local.detect(st))
+    want = sorted(local.detect(st))
     assert len(want) >= 2
-    got = ordered(read_catalog(out))
+    got = sorted(read_catalog(out))
     assert got == want, "ids, times, probabilities and labels all equal"
     if ext == "xml":
         events = obspy.read_events(str(out))
@@ -148,9 +144,9 @@ def test_detect_on_an_sds_archive_across_two_days_equals_a_single_pass(data_dir,
         out,
     )
     assert res.exit_code == 0, res.output
-    got = ordered(read_catalog(out))
+    got = sorted(read_catalog(out))
     single = Detector(device="cpu")
-    want = ordered(single.detect(st))
+    want = sorted(single.detect(st))
     assert got == want
     midnight = UTCDateTime("2010-09-02T00:00:00")
     across = [d for d in got if d.start < midnight < d.end]
@@ -166,8 +162,8 @@ def test_stalta_method_runs_through_the_same_outputs(data_dir, tmp_path):
     assert res.exit_code == 0, res.output
     assert "method stalta" in res.output
     st = obspy.read(str(paths[0])) + obspy.read(str(paths[1]))
-    want = ordered(Detector(device="cpu", method="stalta", stalta=StaLtaParams()).detect(st))
-    got = ordered(read_catalog(out))
+    want = sorted(Detector(device="cpu", method="stalta", stalta=StaLtaParams()).detect(st))
+    got = sorted(read_catalog(out))
     assert got == want and got
     assert {d.model for d in got} == {"stalta"}
     p_bks = UTCDateTime("2017-07-15T10:49:50.61")

@@ -11,7 +11,8 @@ from obspy import UTCDateTime
 from obspy.core.event import Catalog, Event, Origin, Pick, WaveformStreamID
 from quakescan.detector.associate import associate
 from quakescan.detector.catalog import Detection, write_catalog, write_quakeml
-from quakescan.detector.score import ReferenceTime, read_reference, score, score_cmd
+from quakescan.detector.refcatalog import ReferenceTime, read_reference
+from quakescan.detector.score import score, score_cmd
 
 T0 = UTCDateTime("2020-01-01T00:00:00Z")
 

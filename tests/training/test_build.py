@@ -104,7 +104,7 @@ def test_files_and_picks_csv_give_one_event_per_record(ncal, picks, tmp_path):
             if comp in by_comp:
                 want = by_comp[comp].data[p_index - 150 : p_index + 850].astype(np.float32)
                 np.testing.assert_array_equal(t.windows[i, k], want)
-            else:  # vertical-only stations: zero horizontals, as in the seed's templates
+            else:  # vertical-only stations: zero horizontals, as the templates format marks a missing component
                 assert row["channels"] in ("EHZ", "SHZ")
                 assert not t.windows[i, k].any()
 

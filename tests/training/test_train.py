@@ -320,7 +320,7 @@ def test_runs_of_several_seeds_export_as_one_ensemble_graph(run, data_dir, tmp_p
     """Several checkpoints with one split -> one ONNX file whose probabilities are the mean
     of the members'; its spec names the members; the PyTorch model can be rebuilt from it;
     members with another split are refused, naming the file."""
-    from quakescan.training.export import net_from_onnx, threshold_for_fpr
+    from quakescan.training.export import net_from_onnx
     from quakescan.training.templates import read_templates
 
     out, _ = run
@@ -340,9 +340,6 @@ def test_runs_of_several_seeds_export_as_one_ensemble_graph(run, data_dir, tmp_p
     # The threshold rule: validation false-positive rate at most 1 %, as low as that allows.
     assert "false-positive rate <= 0.01" in ens.spec.metrics["threshold_rule"]
     assert ens.spec.metrics["val"]["false_positive_rate"] <= 0.01
-    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.05, 0.95]])
-    assert threshold_for_fpr(probs, np.array([0, 0, 0, 1]), 0.0) == pytest.approx(0.8001)
-    assert threshold_for_fpr(probs, np.array([0, 0, 0, 1]), 0.34) == pytest.approx(0.6001)
     # The benchmark's PyTorch twin is rebuilt from the file alone.
     net, how = net_from_onnx(ens.path)
     assert how == "by name"
@@ -367,3 +364,24 @@ def test_runs_of_several_seeds_export_as_one_ensemble_graph(run, data_dir, tmp_p
     )
     assert res.exit_code == 0, res.output
     assert "ensemble of 2 members" in res.output
+
+
+def test_threshold_for_fpr_on_known_scores():
+    """export --target-fpr's rule: the lowest 4-decimal threshold whose false-positive rate
+    on noise windows stays at or below the target, also after the spec's rounding."""
+    from quakescan.training.export import threshold_for_fpr
+
+    # Noise windows with event probabilities 0.1, 0.8, 0.6, and one event window.
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.05, 0.95]])
+    y = np.array([0, 0, 0, 1])
+    assert threshold_for_fpr(probs, y, 0.0) == pytest.approx(0.8001)  # no noise window above
+    assert threshold_for_fpr(probs, y, 0.34) == pytest.approx(0.6001)  # one of three allowed
+    assert threshold_for_fpr(probs, y, 1.0) == 0.5  # every noise window allowed: the floor
+    assert threshold_for_fpr(probs[3:], y[3:], 0.01) == 0.5  # no noise windows at all
+    # A noise score that rounds down at 4 decimals: the threshold still lies above it.
+    t = threshold_for_fpr(np.array([[0.19996, 0.80004]]), np.array([0]), 0.0)
+    assert round(t, 4) == pytest.approx(0.8001) and round(t, 4) > 0.80004
+    # 0.29 * 100 is 28.999... in floating point: still 29 false positives allowed, not 28.
+    scores = np.linspace(0.01, 0.99, 100)
+    t = threshold_for_fpr(np.stack([1 - scores, scores], 1), np.zeros(100, int), 0.29)
+    assert np.mean(scores >= t) == pytest.approx(0.29)
