@@ -251,6 +251,12 @@ def detect_cmd(
         raise click.ClickException(str(exc)) from None
     run.associate(min_stations, association_window_s)
     click.echo(_summary(det, run.per_station, run.detections, run.seconds))
+    if det.stats.segments == 0:
+        why = ", ".join(f"{k} {v}" for k, v in sorted(det.stats.report.skipped.items()))
+        raise click.ClickException(
+            "nothing could be processed"
+            + (f" (skipped: {why}); see the messages above" if why else "")
+        )
     if run.events is not None:
         click.echo(f"network events with >= {min_stations} stations: {len(run.events)}")
     if out:

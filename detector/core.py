@@ -144,6 +144,7 @@ class Detector:
             if self.method == "cnn"
             else self.stalta.min_samples(self.spec.sampling_rate_hz),
             report=report,
+            min_sampling_rate_hz=self.spec.min_rate_hz,
         )
         return segs
 
@@ -324,6 +325,7 @@ class _StreamRunner:
             channel_order=det.spec.channel_order,
             min_samples=1,
             report=report,
+            min_sampling_rate_hz=det.spec.min_rate_hz,
         )
         det.stats.report.merge(report)
         out: list[Detection] = []

@@ -265,15 +265,25 @@ def prepare_station(
     channel_order: str,
     min_samples: int,
     report: PrepReport,
+    min_sampling_rate_hz: float | None = None,
 ) -> list[Segment]:
     """Prepare one station's traces (same NET.STA.LOC and channel prefix) into segments.
 
     Segments are the stretches where every component the station has is
     present; each is at least ``min_samples`` long (shorter ones are counted skips).
+    Traces sampled below ``min_sampling_rate_hz`` are refused (counted), not upsampled.
     """
     station, prefix = station_key(traces[0])
     by_comp: dict[str, list[Trace]] = defaultdict(list)
     for tr in traces:
+        rate = tr.stats.sampling_rate
+        if min_sampling_rate_hz is not None and rate < min_sampling_rate_hz * (1 - RATE_TOLERANCE):
+            report.skip(
+                "sampling_rate_too_low",
+                f"{tr.id}: sampled at {rate:g} Hz, below the {min_sampling_rate_hz:g} Hz the model "
+                f"needs (its band-pass would lie above the Nyquist frequency); trace refused",
+            )
+            continue
         code = tr.stats.channel[-1:] if len(tr.stats.channel) >= 3 else ""
         comp = COMPONENT_MAP.get(code)
         if comp is None:
@@ -388,6 +398,7 @@ def prepare_stream(
     channel_order: str,
     min_samples: int,
     report: PrepReport | None = None,
+    min_sampling_rate_hz: float | None = None,
 ) -> list[Segment]:
     """All stations of a stream, prepared; see ``prepare_station``."""
     report = report if report is not None else PrepReport()
@@ -399,5 +410,6 @@ def prepare_stream(
             channel_order=channel_order,
             min_samples=min_samples,
             report=report,
+            min_sampling_rate_hz=min_sampling_rate_hz,
         )
     return out

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -14,6 +15,29 @@ from obspy.clients.filesystem.sds import Client as SDSClient
 from .prepare import PrepReport
 
 log = logging.getLogger(__name__)
+
+
+class OutsideDataRoots(PermissionError):
+    """A path that resolves (symlinks followed) outside the configured data roots."""
+
+
+def check_under_roots(path: str | os.PathLike, roots: Sequence[str]) -> Path:
+    """The resolved path (every symlink on the way followed) if it lies under a data root.
+
+    Raises OutsideDataRoots otherwise, or when no roots are configured.
+    """
+    if not roots:
+        raise OutsideDataRoots(
+            f"{path}: no data roots are configured (set QUAKESCAN_DATA_ROOTS); refusing to read"
+        )
+    p = Path(path).resolve()
+    for r in roots:
+        root = Path(r).resolve()
+        if p == root or root in p.parents:
+            return p
+    raise OutsideDataRoots(
+        f"{path}: resolves to {p}, outside the configured data roots ({', '.join(roots)}); refused"
+    )
 
 
 def sample_paths() -> list[Path]:
@@ -66,8 +90,14 @@ def iter_sds(
     start: UTCDateTime,
     end: UTCDateTime,
     report: PrepReport | None = None,
+    roots: Sequence[str] | None = None,
 ) -> Iterator[tuple[UTCDateTime, Stream]]:
-    """(day start, stream) for one station, day by day (bounded memory)."""
+    """(day start, stream) for one station, day by day (bounded memory).
+
+    With ``roots``, every file of a day is checked on its resolved path before it is
+    read (a symlinked folder or file inside the archive may point anywhere): one
+    outside the roots raises OutsideDataRoots.
+    """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"SDS root {root} is not a directory")
@@ -76,6 +106,12 @@ def iter_sds(
     days = day_starts(start, end)
     for i, t0 in enumerate(days):
         t1 = min(days[i + 1] if i + 1 < len(days) else end, end)
+        if roots is not None:
+            # ObsPy's own file lookup for this request, so exactly the files it would read.
+            for f in client._get_filenames(
+                selector.network, selector.station, selector.location, selector.channel, t0, t1
+            ):
+                check_under_roots(f, roots)
         try:
             st = client.get_waveforms(
                 selector.network, selector.station, selector.location, selector.channel, t0, t1

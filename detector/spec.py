@@ -77,6 +77,9 @@ class ModelSpec:
     # Typical position of the event onset inside a positive window, seconds from
     # the window start: the detector's onset estimate for a triggered window.
     onset_offset_s: float = 0.0
+    # The lowest input rate the model can serve (None: derived, see min_rate_hz). Data
+    # sampled below it cannot hold the model's band and is refused, never upsampled.
+    min_sampling_rate_hz: float | None = None
     preparation: Preparation = field(default_factory=Preparation)
     trigger: TriggerParams = field(default_factory=TriggerParams)
     description: str = ""
@@ -89,6 +92,17 @@ class ModelSpec:
     @property
     def window_s(self) -> float:
         return self.window_samples / self.sampling_rate_hz
+
+    @property
+    def min_rate_hz(self) -> float:
+        """The lowest input sampling rate served: ``min_sampling_rate_hz``, else twice the
+        band-pass's upper corner (the band must lie below the input's Nyquist frequency),
+        else half the model's rate."""
+        if self.min_sampling_rate_hz is not None:
+            return float(self.min_sampling_rate_hz)
+        if self.preparation.bandpass_hz is not None:
+            return 2.0 * float(self.preparation.bandpass_hz[1])
+        return self.sampling_rate_hz / 2.0
 
     @property
     def n_channels(self) -> int:
@@ -129,6 +143,13 @@ class ModelSpec:
         if not 0 <= self.onset_offset_s <= self.window_s:
             raise SpecError(
                 f"onset_offset_s ({self.onset_offset_s}) must lie inside the window (0..{self.window_s} s)"
+            )
+        if self.min_sampling_rate_hz is not None and not (
+            0 < self.min_sampling_rate_hz <= self.sampling_rate_hz
+        ):
+            raise SpecError(
+                f"min_sampling_rate_hz ({self.min_sampling_rate_hz}) must lie in "
+                f"(0, sampling_rate_hz={self.sampling_rate_hz}]"
             )
         self.preparation.validate()
         return self

@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -31,7 +30,13 @@ from quakescan.detector.catalog import (
 from quakescan.detector.core import Detector
 from quakescan.detector.model import resolve_model_path
 from quakescan.detector.prepare import PrepReport, group_by_station, read_waveforms, station_key
-from quakescan.detector.sources import StationSelector, day_starts, iter_sds
+from quakescan.detector.sources import (
+    OutsideDataRoots,
+    StationSelector,
+    check_under_roots,
+    day_starts,
+    iter_sds,
+)
 from quakescan.detector.trigger import StationTrigger
 from quakescan.detector.windows import step_ns
 
@@ -42,26 +47,6 @@ ITEMS = "quakescan:job:{}:items"
 PROBS = "quakescan:job:{}:probs"
 CATALOG = "quakescan:job:{}:catalog"
 JOB_TTL_S = 30 * 86400
-
-
-class OutsideDataRoots(PermissionError):
-    pass
-
-
-def check_under_roots(path: str | os.PathLike, roots: tuple[str, ...]) -> Path:
-    """The resolved path if it lies under one of the configured data roots, else refuse."""
-    if not roots:
-        raise OutsideDataRoots(
-            f"{path}: no data roots are configured (set QUAKESCAN_DATA_ROOTS); refusing to read"
-        )
-    p = Path(path).resolve()
-    for r in roots:
-        root = Path(r).resolve()
-        if p == root or root in p.parents:
-            return p
-    raise OutsideDataRoots(
-        f"{path}: outside the configured data roots ({', '.join(roots)}); refused"
-    )
 
 
 # ------------------------------------------------------------------ submit
@@ -232,7 +217,7 @@ def _read_item(
         # Read a window's worth past the end: the last windows of the range need it.
         t0, t1 = UTCDateTime(item["start"]), UTCDateTime(item["end"]) + window_s
         st = Stream()
-        for _d, piece in iter_sds(root, sel, t0, t1, report):
+        for _d, piece in iter_sds(root, sel, t0, t1, report, roots=roots):
             st += piece
     return st.slice(t0, t1, nearest_sample=False) if len(st) else st
 

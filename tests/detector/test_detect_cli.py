@@ -258,3 +258,37 @@ def test_models_prints_the_spec_of_a_model_as_json():
     assert spec["class_names"][0] == "noise"
     res = quakescan("models", "nowhere.onnx")
     assert res.exit_code == 1 and "nowhere.onnx" in res.output
+
+
+def _resampled(path: Path, rate_hz: float, out: Path) -> Path:
+    st = obspy.read(str(path))
+    for tr in st:
+        tr.data = tr.data.astype("float32")
+        if rate_hz < tr.stats.sampling_rate:
+            tr.filter("lowpass", freq=0.4 * rate_hz, zerophase=True)
+        tr.resample(rate_hz, no_filter=True)
+    st.write(str(out), format="MSEED")
+    return out
+
+
+def test_data_sampled_below_the_models_band_is_refused_not_upsampled(data_dir, tmp_path):
+    """A 1 Hz trace cannot hold a 2-25 Hz band: refused with its reason, and `detect` fails
+    because nothing could be processed (it used to upsample it and report 'earthquakes')."""
+    one_hz = _resampled(data_dir / REUNION[1], 1.0, tmp_path / "uv06_1hz.mseed")
+    res = quakescan("detect", one_hz, "--device", "cpu")
+    assert res.exit_code == 1, res.output
+    assert "skipped: sampling_rate_too_low 1" in res.output
+    assert "nothing could be processed" in res.output
+    # ... while 200 Hz data is served (resampled to the model's 100 Hz).
+    fast = _resampled(data_dir / REUNION[1], 200.0, tmp_path / "uv06_200hz.mseed")
+    res = quakescan("detect", fast, "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    assert "sampling_rate_too_low" not in res.output
+
+
+def test_detect_fails_when_every_input_is_unreadable(tmp_path):
+    bad = tmp_path / "notes.mseed"
+    bad.write_text("field notes, not a waveform\n")
+    res = quakescan("detect", bad, "--device", "cpu")
+    assert res.exit_code == 1, res.output
+    assert "nothing could be processed (skipped: unreadable_file 1)" in res.output

@@ -329,3 +329,29 @@ def test_fetch_with_min_stations_gives_the_network_events_of_detect(
     assert len(ev_want) >= 1
     assert sorted(str(e.resource_id) for e in ev_got) == sorted(str(e.resource_id) for e in ev_want)
     assert sorted(len(e.picks) for e in ev_got) == sorted(len(e.picks) for e in ev_want)
+
+
+def test_a_symlinked_folder_in_an_sds_root_pointing_outside_the_roots_is_refused(
+    clean_redis, batch_worker, archive, tmp_path
+):
+    """The data roots are checked on the resolved path of every file a job reads: a symlink
+    inside an allowed SDS archive that points elsewhere is refused, not followed."""
+    outside = tmp_path / "not_a_root"
+    st = shifted_reunion().select(station="UV05")
+    for tr in st:
+        tr.stats.station = "LNK"
+    write_sds(st, outside)
+    link = archive["sds"] / "2010" / "YA" / "LNK"
+    link.symlink_to(outside / "2010" / "YA" / "LNK", target_is_directory=True)
+    try:
+        select = ["--sds", archive["sds"], "--stations", "YA.LNK", "--start",
+                  "2010-09-01T23:00:00", "--end", "2010-09-02T00:00:00"]  # fmt: skip
+        job = submitted_job(quakescan(clean_redis, "batch", "submit", *select))
+        st = wait_done(clean_redis, job)
+        assert (st["total"], st["done"], st["failed"]) == (1, 0, 1)
+        [failure] = st["failures"]
+        assert failure["reason"] == "outside_data_roots"
+        assert "outside the configured data roots" in failure["error"]
+        assert str(outside) in failure["error"]
+    finally:
+        link.unlink()
