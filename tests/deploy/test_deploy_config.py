@@ -55,11 +55,8 @@ def test_stations_file_loads_with_the_service_config(path):
 def test_the_feeder_builds_every_feed_of_the_file(path, tmp_path):
     """The real feed constructors accept every option (paths moved to local stand-ins)."""
     from quakescan.serving.config import load_config
+    from quakescan.serving.feeds import build_feeds
 
-    try:
-        from quakescan.serving.commands import build_feeds
-    except ImportError as exc:
-        pytest.skip(f"quakescan.serving.commands is not importable yet: {exc}")
     for sub in ("sds", "incoming"):
         (tmp_path / sub).mkdir()
     text = (
