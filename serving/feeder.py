@@ -85,6 +85,7 @@ class Feeder:
         # Operators' [[stations]] list: only these NET.STA.LOC (wildcards allowed) are fed.
         self.allowed = list(stations or [])
         self.ignored: set[str] = set()
+        self.unknown_channels: set[str] = set()  # logged once each; every sample counted
         self.buffers: dict[tuple[str, str], StationBuffer] = {}
         self.held: dict[tuple[str, str], list[dict]] = defaultdict(list)  # over the in-flight bound
         self.inbox = Inbox(maxsize=100_000)
@@ -194,9 +195,18 @@ class Feeder:
         """Called by feeds (any thread)."""
         self.inbox.put(tr)
 
+    def _drop(self, reason: str, tr: Trace) -> None:
+        self.metrics.feed_dropped_samples_total.labels(reason).inc(tr.stats.npts)
+
     def add(self, tr: Trace) -> StationBuffer | None:
         s = tr.stats
-        if len(s.channel) < 3 or COMPONENT_MAP.get(s.channel[-1]) is None or tr.stats.npts == 0:
+        if tr.stats.npts == 0:
+            return None
+        if len(s.channel) < 3 or COMPONENT_MAP.get(s.channel[-1]) is None:
+            if s.channel not in self.unknown_channels:
+                self.unknown_channels.add(s.channel)
+                log.warning("%s: channel code is not Z/N/E/1/2; its data are dropped", tr.id)
+            self._drop("unknown_channel", tr)
             return None
         if np.ma.isMaskedArray(tr.data):
             b = None
@@ -210,6 +220,7 @@ class Feeder:
                 log.warning(
                     "%s is not in the configured [[stations]]; its data are ignored", station
                 )
+            self._drop("unlisted_station", tr)
             return None
         b = self._buffer(station, s.channel[:2])
         before = b.next_k
@@ -217,6 +228,7 @@ class Feeder:
             # Data older than what was already cut (a replayed or re-delivered piece).
             step_ns = round(self.step_s * 1e9)
             if tr.stats.endtime.ns < before * step_ns:
+                self._drop("already_cut", tr)
                 return None
         gap = b.add(tr)
         m = self.metrics

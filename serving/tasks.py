@@ -29,7 +29,7 @@ from .app import (
 from .bus import Bus, RedisBus, redis_client
 from .chunks import BadChunk, Chunk, chunk_probabilities, failure_message
 from .config import DEADLETTER, PROB_STREAM, ServiceConfig
-from .metrics import Metrics, default_metrics
+from .metrics import Metrics, default_metrics, failure_reason, prep_skip_reason
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +121,9 @@ def _load_model_in_child(**_kw) -> None:
 def _fail(state: WorkerState, msg: Any, reason: str, error: str) -> dict[str, Any]:
     m = state.metrics
     station = msg.get("station", "") if isinstance(msg, dict) else ""
-    m.task_failures_total.labels(reason).inc()
+    m.task_failures_total.labels(failure_reason(reason)).inc()
     m.chunks_total.labels(station or "unknown", "failed").inc()
-    m.deadletter_total.labels(reason).inc()
+    m.deadletter_total.labels(failure_reason(reason)).inc()
     entry = {
         "reason": reason,
         "error": error,
@@ -154,6 +154,8 @@ def _probabilities(state: WorkerState, msg: Any) -> dict[str, Any] | dict[str, s
         )
         for b in result.batches:
             m.inference_batch_size.labels(spec.name).observe(b)
+    for reason, n in result.report.skipped.items():  # a missing component, NaNs, ...
+        m.prepare_skipped_total.labels(chunk.station, prep_skip_reason(reason)).inc(n)
     m.windows_total.labels(chunk.station, spec.name).inc(len(result.k))
     m.chunks_total.labels(chunk.station, "ok").inc()
     return result.to_message(state.name)
