@@ -29,9 +29,14 @@ def app_config(app: Celery) -> ServiceConfig | None:
 
 def make_app(cfg: ServiceConfig | None = None) -> Celery:
     cfg = cfg or load_config()
+    broker = cfg.broker_url
+    if broker == "memory://":
+        # kombu logs "No hostname was supplied" for a URL without a host (once per
+        # connection); the in-memory transport ignores the host, so name one.
+        broker = "memory://localhost/"
     app = Celery(
         "quakescan",
-        broker=cfg.broker_url,
+        broker=broker,
         backend=cfg.backend_url,
         include=["quakescan.serving.tasks"],
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -87,8 +88,10 @@ def _port(cfg, flag: int | None, default: int) -> int:
 @_metrics_option(9101)
 def worker_cmd(config_file, concurrency, queues, pool, model, threads, hostname, metrics_port):
     """Run a Celery worker: chunks in, probabilities out (model loaded once per process)."""
+    made_dir = None  # a metrics folder this process made (and removes when it exits)
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR") and pool == "prefork":
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="quakescan-metrics-")
+        made_dir = tempfile.mkdtemp(prefix="quakescan-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = made_dir
     mp_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if mp_dir:
         Path(mp_dir).mkdir(parents=True, exist_ok=True)
@@ -145,7 +148,11 @@ def worker_cmd(config_file, concurrency, queues, pool, model, threads, hostname,
     ]
     if hostname:
         argv += ["-n", hostname]
-    app.worker_main(argv=argv)
+    try:
+        app.worker_main(argv=argv)  # returns, or raises SystemExit, after SIGTERM's warm shutdown
+    finally:
+        if made_dir:
+            shutil.rmtree(made_dir, ignore_errors=True)
 
 
 # -------------------------------------------------------------------- feed
@@ -432,6 +439,7 @@ def serve_cmd(config_file, out_dir, until_done, metrics_port):
     cfg = _config(
         config_file, out_dir=out_dir, broker_url="memory://", result_backend="cache+memory://"
     )
+    made_dir = None
     if not cfg.feeds:
         from quakescan.detector.sources import sample_paths
 
@@ -440,7 +448,8 @@ def serve_cmd(config_file, out_dir, until_done, metrics_port):
         cfg.feeds = [
             FeedConfig("replay", {"paths": [str(p) for p in sample_paths()], "speed": 0.0})
         ]
-        cfg.spool_dir = tempfile.mkdtemp(prefix="quakescan-serve-")  # a replay keeps no state
+        # A replay keeps no state: a private spool, removed when serve exits.
+        cfg.spool_dir = made_dir = tempfile.mkdtemp(prefix="quakescan-serve-")
         click.echo(
             f"no --config: replaying the shipped sample ({len(cfg.feeds[0].options['paths'])} files)",
             err=True,
@@ -449,11 +458,15 @@ def serve_cmd(config_file, out_dir, until_done, metrics_port):
             until_done = True
     if until_done is None:
         until_done = False
-    feeds = _feeds(cfg)
-    stop = _stop_on_signals()
-    svc = InProcessService(cfg, feeds, metrics_port=_port(cfg, metrics_port, 9100))
-    t0 = time.time()
-    dets = svc.run(stop, until_done=until_done)
+    try:
+        feeds = _feeds(cfg)
+        stop = _stop_on_signals()  # SIGTERM/SIGINT end the run below; the finally still runs
+        svc = InProcessService(cfg, feeds, metrics_port=_port(cfg, metrics_port, 9100))
+        t0 = time.time()
+        dets = svc.run(stop, until_done=until_done)
+    finally:
+        if made_dir:
+            shutil.rmtree(made_dir, ignore_errors=True)
     click.echo(svc.summary(time.time() - t0))
     for d in dets:
         click.echo(
