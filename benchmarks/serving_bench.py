@@ -195,16 +195,17 @@ def _role_config(args, tmp: Path):
 def role_feeder(args) -> None:
     """The feeder process: RealtimeFeed -> Feeder -> Celery detect queue (quakescan feed's wiring)."""
     from prometheus_client import CollectorRegistry
-    from quakescan.serving.app import make_app
+    from quakescan.serving.app import celery_sender, make_app
     from quakescan.serving.bus import redis_client
-    from quakescan.serving.commands import _model_geometry, celery_sender, redis_progress
     from quakescan.serving.feeder import Feeder
+    from quakescan.serving.grid import model_geometry
     from quakescan.serving.metrics import Metrics
+    from quakescan.serving.sink import RedisState
 
     tmp = Path(args.tmp)
     cfg = _role_config(args, tmp)
     app = make_app(cfg)
-    step_s, window_s = _model_geometry(cfg)
+    step_s, window_s = model_geometry(cfg)
     data = StationData(Path(args.data_dir), args.n, args.event_fraction)
     feed = RealtimeFeed(data, stop_at=args.until)
     sent: list[tuple[str, int, float, float]] = []  # station, seq, last sample, sent
@@ -228,7 +229,7 @@ def role_feeder(args) -> None:
         metrics=Metrics(CollectorRegistry()),
         spool_dir=cfg.spool_dir,
         max_in_flight=cfg.max_in_flight,
-        progress=redis_progress(redis_client(cfg)),
+        progress=RedisState(redis_client(cfg)).progress,
         send_many=timed_send_many if cfg.batch_chunks > 1 else None,
         batch_chunks=cfg.batch_chunks,
     )
@@ -282,7 +283,7 @@ class _Recorder:
 def role_sink(args) -> None:
     """The sink process: quakescan sink's wiring, with the latency histograms recorded."""
     from prometheus_client import CollectorRegistry
-    from quakescan.serving.bus import RedisStream, redis_client
+    from quakescan.serving.bus import RedisBus, redis_client
     from quakescan.serving.config import PROB_STREAM
     from quakescan.serving.metrics import Metrics
     from quakescan.serving.sink import CatalogFiles, RedisDetections, RedisState, Sink
@@ -322,7 +323,7 @@ def role_sink(args) -> None:
     client = redis_client(cfg)
     sink = BenchSink(
         cfg,
-        RedisStream(client, PROB_STREAM),
+        RedisBus(client, PROB_STREAM),
         RedisDetections(client),
         RedisState(client),
         CatalogFiles(cfg.out_dir, cfg.formats, cfg.catalog_rewrite_s),
@@ -564,7 +565,7 @@ STAGES = {
         ("  window gather (iter_batches)", ("iter_batches (",)),
         ("  ONNX Runtime (run_batch)", ("OnnxModel.run_batch (",)),
         ("  result message (to_message)", ("ChunkResult.to_message (",)),
-        ("  publish probabilities (XADD)", ("RedisStream.publish (", "_publish_results (")),
+        ("  publish probabilities (XADD)", ("RedisBus.publish (", "_publish_results (")),
         ("  metrics (prometheus_client)", ("prometheus_client",)),
         ("Celery/kombu outside the task body", None),
         ("logging (anywhere)", ("logging/__init__.py",)),
@@ -588,7 +589,7 @@ STAGES = {
     ],
     "sink": [
         ("Sink.step", ("Sink.step (", "BenchSink.step (")),
-        ("  read (XREADGROUP + JSON)", ("RedisStream.read (",)),
+        ("  read (XREADGROUP + JSON)", ("RedisBus.read (",)),
         ("  Sink._release", ("Sink._release (",)),
         ("    _handle (trigger)", ("Sink._handle (", "BenchSink._handle (")),
         ("    _publish (detections)", ("Sink._publish (",)),
@@ -600,7 +601,7 @@ STAGES = {
         ("        write_csv", ("write_csv (",)),
         ("      RedisDetections.publish", ("RedisDetections.publish (",)),
         ("    state save (HSET)", ("RedisState.save (",)),
-        ("  ack (XACK)", ("RedisStream.ack (",)),
+        ("  ack (XACK)", ("RedisBus.ack (",)),
         ("report_queues / flush_idle", ("Sink.report_queues (", "Sink.flush_idle (")),
         ("JSON (anywhere)", ("json/",)),
     ],

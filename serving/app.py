@@ -5,6 +5,10 @@ nothing: the chunk is redone and idempotent ids keep the result free of duplicat
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+from weakref import WeakKeyDictionary
+
 from celery import Celery
 
 from .config import QUEUE_BATCH, QUEUE_DETECT, ServiceConfig, load_config
@@ -14,12 +18,25 @@ TASK_DETECT_MANY = "quakescan.detect_chunks"  # a list of chunks (of any station
 TASK_BATCH_DAY = "quakescan.batch_station_day"
 TASK_BATCH_FINALIZE = "quakescan.batch_finalize"
 
+# The configuration each app was made from; prefork children inherit it with the app.
+_CONFIGS: WeakKeyDictionary[Celery, ServiceConfig] = WeakKeyDictionary()
+
+
+def app_config(app: Celery) -> ServiceConfig | None:
+    """The ServiceConfig ``app`` was made from by ``make_app`` (None for any other app)."""
+    return _CONFIGS.get(app)
+
 
 def make_app(cfg: ServiceConfig | None = None) -> Celery:
     cfg = cfg or load_config()
+    broker = cfg.broker_url
+    if broker == "memory://":
+        # kombu logs "No hostname was supplied" for a URL without a host (once per
+        # connection); the in-memory transport ignores the host, so name one.
+        broker = "memory://localhost/"
     app = Celery(
         "quakescan",
-        broker=cfg.broker_url,
+        broker=broker,
         backend=cfg.backend_url,
         include=["quakescan.serving.tasks"],
     )
@@ -64,5 +81,28 @@ def make_app(cfg: ServiceConfig | None = None) -> Celery:
     if ssl:
         app.conf.broker_use_ssl = ssl
         app.conf.redis_backend_use_ssl = ssl
-    app.quakescan_config = cfg  # type: ignore[attr-defined]
+    _CONFIGS[app] = cfg
     return app
+
+
+def celery_sender(app: Celery, many: bool = False) -> Callable[[Any], None]:
+    """The feeder's ``send``: send(msg) as one detect task (or, with many=True, send(msgs)
+    as one task for several chunks); broker trouble raises SendError (the feeder spools)."""
+    from kombu.exceptions import OperationalError
+
+    from .feeder import SendError
+
+    def send(msg) -> None:
+        try:
+            if many:
+                app.send_task(TASK_DETECT_MANY, args=[msg], queue="detect", retry=False)
+            else:
+                app.send_task(TASK_DETECT, args=[msg], queue="detect", retry=False)
+        except (OperationalError, ConnectionError, OSError) as exc:
+            raise SendError(str(exc)) from None
+        except Exception as exc:  # redis-py errors surface through kombu in several forms
+            if "connect" in str(exc).lower() or "redis" in type(exc).__module__:
+                raise SendError(str(exc)) from None
+            raise
+
+    return send

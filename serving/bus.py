@@ -1,9 +1,15 @@
-"""Message streams between workers, sink and consumers of detections.
+"""The message bus between workers and the sink, and the small interfaces around it.
 
-``RedisStream`` is a Redis stream read through a consumer group (each message
+``RedisBus`` is a Redis stream read through a consumer group (each message
 delivered to one sink consumer, acknowledged after it is handled, re-read
-after a crash). ``MemoryStream`` offers the same calls inside one process
-(``quakescan serve``, no Redis).
+after a crash). ``MemoryBus`` offers the same calls inside one process
+(``quakescan serve``, no Redis). (Named bus, not stream: an ObsPy ``Stream``
+is a waveform container, and both kinds of stream meet in the workers.)
+
+The Protocols say what the workers and the sink need from their surroundings,
+so the Redis and in-memory implementations are interchangeable and typed:
+``Bus`` (probability messages), ``Publisher`` (detections, at most once per id)
+and ``StateStore`` (the sink's per-station state and progress).
 """
 
 from __future__ import annotations
@@ -12,11 +18,49 @@ import json
 import threading
 import time
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import redis
 
 from .config import ServiceConfig
+
+if TYPE_CHECKING:
+    from quakescan.detector.catalog import Detection
+
+
+class Bus(Protocol):
+    """JSON messages from workers to one consumer group (the sink): at-least-once delivery."""
+
+    def publish(self, msg: dict[str, Any]) -> str: ...
+
+    def publish_many(self, msgs: list[dict[str, Any]]) -> list[str]: ...
+
+    def ensure_group(self) -> None: ...
+
+    def read(
+        self, consumer: str, count: int = 100, block_ms: int = 1000, pending: bool = False
+    ) -> list[tuple[str, dict]]: ...
+
+    def ack(self, ids: list[str]) -> None: ...
+
+    def depth(self) -> int: ...
+
+
+class Publisher(Protocol):
+    """Where the sink's detections go; ``publish`` is False for an id already published."""
+
+    def publish(self, d: Detection) -> bool: ...
+
+
+class StateStore(Protocol):
+    """The sink's per-station state ("NET.STA.LOC|prefix" -> dict), and its progress:
+    the last chunk sequence number triggered per station (the feeder's in-flight bound)."""
+
+    def load(self) -> dict[str, dict]: ...
+
+    def save(self, states: dict[str, dict]) -> None: ...
+
+    def progress(self) -> dict[str, int]: ...
 
 
 def redis_client(cfg: ServiceConfig, url: str | None = None) -> redis.Redis:
@@ -32,7 +76,7 @@ def redis_client(cfg: ServiceConfig, url: str | None = None) -> redis.Redis:
     return redis.Redis.from_url(url or cfg.streams_url, **kw)
 
 
-class RedisStream:
+class RedisBus:
     """A Redis stream of JSON messages with one consumer group."""
 
     def __init__(
@@ -98,8 +142,8 @@ class RedisStream:
         return int(self.r.xlen(self.name))
 
 
-class MemoryStream:
-    """In-process stand-in for RedisStream (same calls, one group)."""
+class MemoryBus:
+    """In-process stand-in for RedisBus (same calls, one group)."""
 
     def __init__(self, name: str = "memory") -> None:
         self.name = name

@@ -3,8 +3,10 @@
 A chunk with sequence number ``seq`` is responsible for the windows k_first ..
 k_last of its station (window k starts at k * step_s). It carries the data from
 k_first * step_s to k_last * step_s + window, so consecutive chunks overlap by
-window - step and no window is lost at a boundary. ``cut_chunks`` makes them
-from a station's buffered stream; ``chunk_probabilities`` is the worker's side.
+window - step and no window is lost at a boundary. ``StationBuffer.cut``
+(``grid.py``) makes them from a station's buffered data; this module holds the
+message format and its miniSEED payload, and ``chunk_probabilities``, the
+worker's side.
 """
 
 from __future__ import annotations
@@ -13,13 +15,12 @@ import base64
 import hashlib
 import io
 import time
-import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import obspy
-from obspy import Stream, Trace, UTCDateTime
+from obspy import Stream, Trace
 from quakescan.detector.core import Detector
 from quakescan.detector.prepare import PrepReport
 
@@ -171,27 +172,6 @@ def mseed_to_stream(data: bytes) -> Stream:
     if not len(st):
         raise BadChunk("chunk payload holds no data")
     return st
-
-
-# ------------------------------------------------------------------ cutting
-def chunk_phase(station: str, channel_prefix: str, chunk_windows_n: int) -> int:
-    """A station's fixed offset of chunk boundaries, so that all stations' chunks do not
-    fall due in the same second (a burst the feeder would have to cut all at once)."""
-    return zlib.crc32(f"{station}|{channel_prefix}".encode()) % chunk_windows_n
-
-
-def chunk_windows(k_first: int, chunk_windows_n: int, phase: int = 0) -> int:
-    """The last k of a chunk that starts at k_first: chunks end at k = phase - 1 (mod n)."""
-    return ((k_first - phase) // chunk_windows_n + 1) * chunk_windows_n - 1 + phase
-
-
-def data_span(
-    k_first: int, k_last: int, step_s: float, window_s: float
-) -> tuple[UTCDateTime, UTCDateTime]:
-    step_ns = round(step_s * 1e9)
-    t0 = UTCDateTime(ns=k_first * step_ns)
-    t1 = UTCDateTime(ns=k_last * step_ns) + window_s
-    return t0, t1
 
 
 # ------------------------------------------------------------------- worker

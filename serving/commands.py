@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -36,6 +37,16 @@ def _config(config_file: str | None, **overrides: Any):
     try:
         return load_config(config_file, overrides)
     except (ConfigError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _feeds(cfg) -> list:
+    from .config import ConfigError
+    from .feeds import build_feeds
+
+    try:
+        return build_feeds(cfg)
+    except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
 
 
@@ -77,8 +88,10 @@ def _port(cfg, flag: int | None, default: int) -> int:
 @_metrics_option(9101)
 def worker_cmd(config_file, concurrency, queues, pool, model, threads, hostname, metrics_port):
     """Run a Celery worker: chunks in, probabilities out (model loaded once per process)."""
+    made_dir = None  # a metrics folder this process made (and removes when it exits)
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR") and pool == "prefork":
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="quakescan-metrics-")
+        made_dir = tempfile.mkdtemp(prefix="quakescan-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = made_dir
     mp_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if mp_dir:
         Path(mp_dir).mkdir(parents=True, exist_ok=True)
@@ -135,121 +148,14 @@ def worker_cmd(config_file, concurrency, queues, pool, model, threads, hostname,
     ]
     if hostname:
         argv += ["-n", hostname]
-    app.worker_main(argv=argv)
+    try:
+        app.worker_main(argv=argv)  # returns, or raises SystemExit, after SIGTERM's warm shutdown
+    finally:
+        if made_dir:
+            shutil.rmtree(made_dir, ignore_errors=True)
 
 
 # -------------------------------------------------------------------- feed
-def build_feeds(cfg, base_dir: Path | None = None) -> list:
-    """Feeds from the TOML [[feeds]] tables."""
-    from obspy import UTCDateTime
-
-    from .feeds.files import FolderFeed, ReplayFeed, SDSFollowFeed
-
-    feeds = []
-    for f in cfg.feeds:
-        o = dict(f.options)
-        try:
-            if f.type == "replay":
-                feeds.append(
-                    ReplayFeed(
-                        o.pop("paths"),
-                        speed=float(o.pop("speed", 0.0)),
-                        packet_s=float(o.pop("packet_s", 1.0)),
-                        shift_to_now=bool(o.pop("shift_to_now", False)),
-                        loop=bool(o.pop("loop", False)),
-                    )
-                )
-            elif f.type == "folder":
-                feeds.append(
-                    FolderFeed(
-                        o.pop("path"),
-                        pattern=o.pop("pattern", "*"),
-                        poll_s=float(o.pop("poll_s", 1.0)),
-                    )
-                )
-            elif f.type == "sds":
-                start = o.pop("start", None)
-                feeds.append(
-                    SDSFollowFeed(
-                        o.pop("root"),
-                        list(o.pop("stations")),
-                        poll_s=float(o.pop("poll_s", 2.0)),
-                        state_file=o.pop("state_file", None)
-                        or Path(cfg.spool_dir) / "sds_state.json",
-                        start=UTCDateTime(start) if start else None,
-                    )
-                )
-            elif f.type == "seedlink":
-                from .feeds.seedlink import SeedLinkFeed
-
-                feeds.append(
-                    SeedLinkFeed(
-                        o.pop("server"),
-                        list(o.pop("streams")),
-                        state_file=o.pop("state_file", None)
-                        or Path(cfg.spool_dir) / "seedlink_state.json",
-                    )
-                )
-        except KeyError as exc:
-            raise click.ClickException(f"[[feeds]] type {f.type!r} needs {exc.args[0]!r}") from None
-        except (ValueError, FileNotFoundError) as exc:
-            raise click.ClickException(f"[[feeds]] type {f.type!r}: {exc}") from None
-        if o:
-            raise click.ClickException(
-                f"[[feeds]] type {f.type!r}: unknown option(s) {', '.join(sorted(o))}"
-            )
-    return feeds
-
-
-def celery_sender(app, many: bool = False):
-    """send(msg) to the detect queue (or, with many=True, send(msgs) as one task);
-    broker trouble raises SendError (the feeder spools)."""
-    from kombu.exceptions import OperationalError
-
-    from .app import TASK_DETECT, TASK_DETECT_MANY
-    from .feeder import SendError
-
-    def send(msg) -> None:
-        try:
-            if many:
-                app.send_task(TASK_DETECT_MANY, args=[msg], queue="detect", retry=False)
-            else:
-                app.send_task(TASK_DETECT, args=[msg], queue="detect", retry=False)
-        except (OperationalError, ConnectionError, OSError) as exc:
-            raise SendError(str(exc)) from None
-        except Exception as exc:  # redis-py errors surface through kombu in several forms
-            if "connect" in str(exc).lower() or "redis" in type(exc).__module__:
-                raise SendError(str(exc)) from None
-            raise
-
-    return send
-
-
-def redis_progress(client, every_s: float = 0.5):
-    """The sink's last processed chunk per station (read from Redis, cached briefly)."""
-    from .sink import PROGRESS_KEY
-
-    cache: dict[str, Any] = {"t": 0.0, "v": {}}
-
-    def progress() -> dict[str, int]:
-        if time.time() - cache["t"] > every_s:
-            try:
-                cache["v"] = {k.decode(): int(v) for k, v in client.hgetall(PROGRESS_KEY).items()}
-            except Exception:  # Redis down: keep the last known progress
-                pass
-            cache["t"] = time.time()
-        return cache["v"]
-
-    return progress
-
-
-def _model_geometry(cfg) -> tuple[float, float]:
-    from quakescan.detector.model import OnnxModel
-
-    spec = OnnxModel(cfg.model, device="cpu", threads=1).spec
-    return (cfg.step_s or spec.step_s, spec.window_s)
-
-
 @click.command("feed")
 @click.option(
     "--config",
@@ -267,17 +173,19 @@ def _model_geometry(cfg) -> tuple[float, float]:
 def feed_cmd(config_file, until_done, metrics_port):
     """Stream station feeds to the workers' detect queue (spooling while the broker is down)."""
     cfg = _config(config_file)
-    from .app import make_app
+    from .app import celery_sender, make_app
     from .bus import redis_client
     from .feeder import Feeder
+    from .grid import model_geometry
     from .httpd import serve_http
     from .metrics import default_metrics
+    from .sink import RedisState
 
-    feeds = build_feeds(cfg)
+    feeds = _feeds(cfg)
     if not feeds:
         raise click.ClickException(f"{config_file}: no [[feeds]] configured")
     app = make_app(cfg)
-    step_s, window_s = _model_geometry(cfg)
+    step_s, window_s = model_geometry(cfg)
     metrics = default_metrics()
     try:
         feeder = Feeder(
@@ -289,7 +197,7 @@ def feed_cmd(config_file, until_done, metrics_port):
             metrics=metrics,
             spool_dir=cfg.spool_dir,
             max_in_flight=cfg.max_in_flight,
-            progress=redis_progress(redis_client(cfg)),
+            progress=RedisState(redis_client(cfg)).progress,
             stations=[s["id"] for s in cfg.stations],
             send_many=celery_sender(app, many=True) if cfg.batch_chunks > 1 else None,
             batch_chunks=cfg.batch_chunks,
@@ -333,7 +241,7 @@ def feed_cmd(config_file, until_done, metrics_port):
 def sink_cmd(config_file, out_dir, consumer, metrics_port):
     """Trigger on the workers' probabilities; publish detections and write daily catalogs."""
     cfg = _config(config_file, out_dir=out_dir)
-    from .bus import RedisStream, redis_client
+    from .bus import RedisBus, redis_client
     from .config import PROB_STREAM
     from .httpd import serve_http
     from .metrics import default_metrics
@@ -343,7 +251,7 @@ def sink_cmd(config_file, out_dir, consumer, metrics_port):
     metrics = default_metrics()
     sink = Sink(
         cfg,
-        RedisStream(client, PROB_STREAM),
+        RedisBus(client, PROB_STREAM),
         RedisDetections(client),
         RedisState(client),
         CatalogFiles(cfg.out_dir, cfg.formats, cfg.catalog_rewrite_s),
@@ -591,6 +499,7 @@ def serve_cmd(config_file, out_dir, until_done, metrics_port):
     cfg = _config(
         config_file, out_dir=out_dir, broker_url="memory://", result_backend="cache+memory://"
     )
+    made_dir = None
     if not cfg.feeds:
         from quakescan.detector.sources import sample_paths
 
@@ -599,7 +508,8 @@ def serve_cmd(config_file, out_dir, until_done, metrics_port):
         cfg.feeds = [
             FeedConfig("replay", {"paths": [str(p) for p in sample_paths()], "speed": 0.0})
         ]
-        cfg.spool_dir = tempfile.mkdtemp(prefix="quakescan-serve-")  # a replay keeps no state
+        # A replay keeps no state: a private spool, removed when serve exits.
+        cfg.spool_dir = made_dir = tempfile.mkdtemp(prefix="quakescan-serve-")
         click.echo(
             f"no --config: replaying the shipped sample ({len(cfg.feeds[0].options['paths'])} files)",
             err=True,
@@ -608,11 +518,15 @@ def serve_cmd(config_file, out_dir, until_done, metrics_port):
             until_done = True
     if until_done is None:
         until_done = False
-    feeds = build_feeds(cfg)
-    stop = _stop_on_signals()
-    svc = InProcessService(cfg, feeds, metrics_port=_port(cfg, metrics_port, 9100))
-    t0 = time.time()
-    dets = svc.run(stop, until_done=until_done)
+    try:
+        feeds = _feeds(cfg)
+        stop = _stop_on_signals()  # SIGTERM/SIGINT end the run below; the finally still runs
+        svc = InProcessService(cfg, feeds, metrics_port=_port(cfg, metrics_port, 9100))
+        t0 = time.time()
+        dets = svc.run(stop, until_done=until_done)
+    finally:
+        if made_dir:
+            shutil.rmtree(made_dir, ignore_errors=True)
     click.echo(svc.summary(time.time() - t0))
     for d in dets:
         click.echo(str(d))

@@ -6,6 +6,9 @@ Chunks are numbered per station (``seq``) so the sink can put them back in
 order. In-flight work per station is bounded (chunks sent and not yet
 triggered by the sink). When the broker cannot be reached, chunks are spooled
 to local disk and sent, oldest first, when it returns: nothing is lost.
+The buffering and cutting are ``grid.StationBuffer``'s; the spool and the
+inbox from the feed threads are in ``spool.py``; this module keeps the loop,
+the sending and the state saved across restarts.
 """
 
 from __future__ import annotations
@@ -15,312 +18,27 @@ import json
 import logging
 import threading
 import time
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from obspy import Stream, Trace, UTCDateTime
+from obspy import Stream, Trace
 from quakescan.detector.fsio import atomic_write
 from quakescan.detector.prepare import COMPONENT_MAP
 
-from .chunks import Chunk, chunk_phase, chunk_windows, data_span, stream_to_mseed
+from .chunks import stream_to_mseed
 from .feeds import Feed
+from .grid import StationBuffer, chunk_phase
 from .metrics import Metrics
+from .spool import Inbox, Spool
 
 log = logging.getLogger(__name__)
 
 
 class SendError(RuntimeError):
     """The broker could not take a chunk (it is then spooled)."""
-
-
-# ----------------------------------------------------------------- buffers
-class _Run:
-    """Contiguous samples of one channel: pieces appended, joined lazily (one copy per cut)."""
-
-    __slots__ = ("start_ns", "rate", "dt_ns", "pieces", "n", "header")
-
-    def __init__(self, tr: Trace) -> None:
-        s = tr.stats
-        self.start_ns = s.starttime.ns
-        self.rate = s.sampling_rate
-        self.dt_ns = 1e9 / self.rate
-        self.pieces = [np.asarray(tr.data)]
-        self.n = len(tr.data)
-        self.header = {
-            "network": s.network,
-            "station": s.station,
-            "location": s.location,
-            "channel": s.channel,
-            "sampling_rate": s.sampling_rate,
-        }
-
-    @property
-    def end_ns(self) -> int:
-        """Time of the last sample."""
-        return self.start_ns + round((self.n - 1) * self.dt_ns)
-
-    def data(self) -> np.ndarray:
-        if len(self.pieces) > 1:
-            self.pieces = [np.concatenate(self.pieces)]
-        return self.pieces[0]
-
-    def index(self, t_ns: int) -> float:
-        return (t_ns - self.start_ns) / self.dt_ns
-
-    def trace(self, i0: int, i1: int) -> Trace:
-        """Samples i0 .. i1 (inclusive) as a Trace."""
-        hdr = dict(self.header)
-        hdr["starttime"] = UTCDateTime(ns=self.start_ns + round(i0 * self.dt_ns))
-        return Trace(self.data()[i0 : i1 + 1], header=hdr)
-
-
-@dataclass
-class StationBuffer:
-    """Buffered data of one station (NET.STA.LOC + channel prefix) and its chunk counter.
-
-    Each channel's data is a list of contiguous runs (numpy arrays): a feed's packets are
-    appended, so cutting a chunk is an array slice, not a merge of many small traces.
-    """
-
-    station: str
-    channel_prefix: str
-    step_s: float
-    window_s: float
-    windows_per_chunk: int
-    next_k: int | None = None  # first window not yet sent
-    seq: int = 0  # sequence number of the next chunk
-    runs: dict[str, list[_Run]] = field(default_factory=lambda: defaultdict(list))
-    ends: dict[str, float] = field(default_factory=dict)  # newest sample time per channel
-    last_sample_time: float = 0.0
-    max_component_lag_s: float = 30.0
-    phase: int = 0  # chunk boundaries of this station, staggered (see chunk_phase)
-
-    def add(self, tr: Trace) -> float | None:
-        """Buffer a trace; returns the gap in seconds before it, if there was one."""
-        ch = tr.stats.channel
-        if tr.stats.npts == 0:
-            return None
-        runs = self.runs[ch]
-        start_ns, rate = tr.stats.starttime.ns, tr.stats.sampling_rate
-        dt_ns = 1e9 / rate
-        data = np.asarray(tr.data)
-        if runs and runs[-1].rate == rate:
-            last = runs[-1]
-            skip = int(round((last.end_ns - start_ns) / dt_ns)) + 1  # samples already buffered
-            if skip >= len(data):
-                return None  # all of it is in the buffer already (a feed re-delivering)
-            if skip > 0:
-                data, start_ns = data[skip:], start_ns + round(skip * dt_ns)
-        gap = None
-        prev = self.ends.get(ch)
-        end = (start_ns + round((len(data) - 1) * dt_ns)) / 1e9
-        if prev is not None and start_ns / 1e9 - prev > 1.5 / rate:
-            gap = start_ns / 1e9 - prev - 1 / rate
-        if runs and runs[-1].rate == rate and abs(start_ns - runs[-1].end_ns - dt_ns) <= dt_ns / 2:
-            runs[-1].pieces.append(data)
-            runs[-1].n += len(data)
-        else:
-            if data is not tr.data:
-                hdr = {k: tr.stats[k] for k in ("network", "station", "location", "channel")}
-                hdr.update(sampling_rate=rate, starttime=UTCDateTime(ns=start_ns))
-                tr = Trace(data, header=hdr)
-            runs.append(_Run(tr))
-        self.ends[ch] = max(end, prev if prev is not None else end)
-        self.last_sample_time = max(self.last_sample_time, end)
-        if self.next_k is None:
-            step_ns = round(self.step_s * 1e9)
-            self.next_k = -(-start_ns // step_ns)
-        return gap
-
-    def restore_trace(self, tr: Trace) -> None:
-        """Put back data saved at a graceful stop (no duplicate or gap bookkeeping)."""
-        self.runs[tr.stats.channel].append(_Run(tr))
-
-    def _data_end(self) -> float | None:
-        """Newest time up to which every component has data (lagging ones are waited for a while)."""
-        if not self.ends:
-            return None
-        newest = max(self.ends.values())
-        waiting = [e for e in self.ends.values() if newest - e <= self.max_component_lag_s]
-        return min(waiting)
-
-    def _last_k(self, k_first: int) -> int:
-        return chunk_windows(k_first, self.windows_per_chunk, self.phase)
-
-    def cut(self, final: bool = False) -> list[tuple[Chunk, Stream]]:
-        """Chunks whose data is complete; with ``final`` also the last, partial one."""
-        out: list[tuple[Chunk, Stream]] = []
-        data_end = self._data_end()
-        if self.next_k is None or data_end is None:
-            return out
-        step_ns = round(self.step_s * 1e9)
-        # Cheap test first: is even the next chunk complete?
-        k1 = self._last_k(self.next_k)
-        if not final and data_end < (k1 * step_ns) / 1e9 + self.window_s - 1.0001 / self._rate():
-            return out
-        dt = 1.0 / self._rate()
-        while True:
-            earliest = self._earliest()
-            if earliest is None:
-                break
-            # No window can start before the data does (a feed that resumed after a long gap).
-            k_data = -(-round((earliest - dt / 2) * 1e9) // step_ns)
-            self.next_k = max(self.next_k, k_data)
-            k0 = self.next_k
-            k1 = self._last_k(k0)
-            t0, t1 = data_span(k0, k1, self.step_s, self.window_s)
-            complete = data_end >= t1.timestamp - dt * 1.0001
-            if not complete:
-                if not final:
-                    break
-                # The end of the data: the windows that still fit; the sink flushes after it.
-                k1 = max(k0, int(np.floor((data_end + dt - self.window_s) / self.step_s + 1e-6)))
-                t0, t1 = data_span(k0, k1, self.step_s, self.window_s)
-            st = self._slice(t0, t1 - dt / 2)
-            if len(st):
-                chunk = Chunk(
-                    station=self.station,
-                    channel_prefix=self.channel_prefix,
-                    seq=self.seq,
-                    k_first=k0,
-                    k_last=k1,
-                    step_s=self.step_s,
-                    mseed=b"",
-                    last_sample_time=min(data_end, max(tr.stats.endtime.timestamp for tr in st)),
-                )
-                out.append((chunk, st))
-                self.seq += 1
-            self.next_k = k1 + 1
-            self._trim(UTCDateTime(ns=self.next_k * step_ns) - dt / 2)
-            if not complete:
-                break
-        return out
-
-    def _rate(self) -> float:
-        for runs in self.runs.values():
-            if runs:
-                return runs[-1].rate
-        return 100.0
-
-    def _earliest(self) -> float | None:
-        starts = [r.start_ns for runs in self.runs.values() for r in runs[:1]]
-        return min(starts) / 1e9 if starts else None
-
-    def _slice(self, t0: UTCDateTime, t1: UTCDateTime) -> Stream:
-        """Samples with t0 <= time <= t1, one trace per contiguous run."""
-        st = Stream()
-        a_ns, b_ns = t0.ns, t1.ns
-        for runs in self.runs.values():
-            for r in runs:
-                if r.end_ns < a_ns or r.start_ns > b_ns:
-                    continue
-                i0 = max(0, int(np.ceil(r.index(a_ns) - 1e-6)))
-                i1 = min(r.n - 1, int(np.floor(r.index(b_ns) + 1e-6)))
-                if i1 >= i0:
-                    st.append(r.trace(i0, i1))
-        return st
-
-    def _trim(self, keep_from: UTCDateTime) -> None:
-        k_ns = keep_from.ns
-        for ch, runs in self.runs.items():
-            kept = []
-            for r in runs:
-                if r.end_ns < k_ns:
-                    continue
-                if r.start_ns < k_ns:
-                    i0 = max(0, int(np.ceil(r.index(k_ns) - 1e-6)))
-                    data = r.data()[i0:]
-                    r.pieces, r.n = [data], len(data)
-                    r.start_ns += round(i0 * r.dt_ns)
-                if r.n:
-                    kept.append(r)
-            self.runs[ch] = kept
-
-    def buffered_stream(self) -> Stream:
-        return Stream([r.trace(0, r.n - 1) for runs in self.runs.values() for r in runs if r.n])
-
-
-# ------------------------------------------------------------------- spool
-class Spool:
-    """Chunk messages kept on local disk until the broker takes them (oldest first)."""
-
-    def __init__(self, directory: str | Path) -> None:
-        self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self._n = len(self.files())
-
-    def files(self) -> list[Path]:
-        return sorted(self.dir.glob("chunk-*.json"))
-
-    def put(self, msg: dict[str, Any]) -> Path:
-        name = (
-            f"chunk-{time.time_ns():020d}-{msg['station']}-{msg['channel_prefix']}"
-            f"-{msg['seq']:012d}.json"
-        )
-        atomic_write(self.dir / name, json.dumps(msg))
-        self._n += 1
-        return self.dir / name
-
-    def __len__(self) -> int:
-        return self._n
-
-    def drain(self, send: Callable[[dict[str, Any]], None], limit: int = 1000) -> int:
-        """Send spooled chunks in order; stops at the first failure. Returns how many went."""
-        sent = 0
-        for p in self.files()[:limit]:
-            msg = json.loads(p.read_text())
-            send(msg)  # raises SendError: keep the file
-            p.unlink()
-            self._n -= 1
-            sent += 1
-        return sent
-
-
-# ------------------------------------------------------------------ feeder
-class Inbox:
-    """Traces from the feed threads to the feeder loop.
-
-    A deque (append and popleft are atomic) polled by the loop every 5 ms, rather
-    than a queue.Queue: at a thousand stations (3,000 traces a second, arriving in
-    a burst) the Queue's lock, taken by both threads for every trace, was contended
-    on most gets (about 70 us each in a profile). Bounded: a feed waits while it is full.
-    """
-
-    POLL_S = 0.005
-
-    def __init__(self, maxsize: int = 100_000) -> None:
-        self.q: deque[Trace | None] = deque()
-        self.maxsize = maxsize
-
-    def put(self, item: Trace | None) -> None:
-        while len(self.q) >= self.maxsize:
-            time.sleep(0.01)
-        self.q.append(item)
-
-    def wait(self, timeout: float) -> bool:
-        """True as soon as something is in the inbox; False after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while not self.q:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(self.POLL_S)
-        return True
-
-    def drain(self):
-        """Yield what is in the inbox now (what arrives meanwhile waits for the next pass)."""
-        q = self.q
-        for _ in range(len(q)):
-            yield q.popleft()
-
-    def qsize(self) -> int:
-        return len(self.q)
-
-    def empty(self) -> bool:
-        return not self.q
 
 
 OUTBOX_LINGER_S = 0.05  # longest a cut chunk waits for others to share its Celery task
@@ -367,6 +85,7 @@ class Feeder:
         # Operators' [[stations]] list: only these NET.STA.LOC (wildcards allowed) are fed.
         self.allowed = list(stations or [])
         self.ignored: set[str] = set()
+        self.unknown_channels: set[str] = set()  # logged once each; every sample counted
         self.buffers: dict[tuple[str, str], StationBuffer] = {}
         self.held: dict[tuple[str, str], list[dict]] = defaultdict(list)  # over the in-flight bound
         self.inbox = Inbox(maxsize=100_000)
@@ -472,9 +191,18 @@ class Feeder:
         """Called by feeds (any thread)."""
         self.inbox.put(tr)
 
+    def _drop(self, reason: str, tr: Trace) -> None:
+        self.metrics.feed_dropped_samples_total.labels(reason).inc(tr.stats.npts)
+
     def add(self, tr: Trace) -> StationBuffer | None:
         s = tr.stats
-        if len(s.channel) < 3 or COMPONENT_MAP.get(s.channel[-1]) is None or tr.stats.npts == 0:
+        if tr.stats.npts == 0:
+            return None
+        if len(s.channel) < 3 or COMPONENT_MAP.get(s.channel[-1]) is None:
+            if s.channel not in self.unknown_channels:
+                self.unknown_channels.add(s.channel)
+                log.warning("%s: channel code is not Z/N/E/1/2; its data are dropped", tr.id)
+            self._drop("unknown_channel", tr)
             return None
         if np.ma.isMaskedArray(tr.data):
             b = None
@@ -488,6 +216,7 @@ class Feeder:
                 log.warning(
                     "%s is not in the configured [[stations]]; its data are ignored", station
                 )
+            self._drop("unlisted_station", tr)
             return None
         b = self._buffer(station, s.channel[:2])
         before = b.next_k
@@ -495,6 +224,7 @@ class Feeder:
             # Data older than what was already cut (a replayed or re-delivered piece).
             step_ns = round(self.step_s * 1e9)
             if tr.stats.endtime.ns < before * step_ns:
+                self._drop("already_cut", tr)
                 return None
         gap = b.add(tr)
         m = self.metrics

@@ -4,8 +4,14 @@ Names are prefixed ``quakescan_`` and end in their unit; label sets are small
 and bounded (station, model, queue, label, reason, component; never ids or
 times). ``Metrics(registry=...)`` builds them on any registry, so tests use a
 fresh one. Prefork workers run prometheus_client in multiprocess mode
-(``PROMETHEUS_MULTIPROC_DIR``), which ``serving.commands`` sets up before the
-client is imported.
+(``PROMETHEUS_MULTIPROC_DIR``), which ``quakescan worker`` (``serving.commands``)
+sets up before the client is imported, and removes at exit if it made the folder.
+
+Nothing is dropped without a count: failed chunks (``task_failures_total``,
+``deadletter_total``), data the workers' preparation skipped
+(``prepare_skipped_total``), samples the feeder dropped
+(``feed_dropped_samples_total``) and chunks the sink gave up on
+(``sink_skipped_chunks_total``). Label values come from the fixed sets below.
 """
 
 from __future__ import annotations
@@ -19,17 +25,60 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60, 120,
 INFERENCE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
-# Failure reasons (the `reason` label): a fixed set.
+# Failure reasons (the `reason` label of task failures and dead letters): the known set.
+# Anything else is counted as "internal" (a bug), so the label stays bounded.
 FAILURE_REASONS = (
     "corrupt_chunk",
     "bad_message",
-    "no_windows",
     "outside_data_roots",
     "missing_data",
     "time_limit",
-    "worker_lost",
     "internal",
 )
+
+# Why a worker's stream preparation skipped data of a chunk (the reasons of
+# detector.prepare.PrepReport.skipped); anything else is "other".
+PREP_SKIP_REASONS = (
+    "unreadable_file",
+    "no_data",
+    "bad_dtype",
+    "non_finite_samples",
+    "mixed_sampling_rate",
+    "merge_failed",
+    "unknown_channel",
+    "duplicate_component",
+    "missing_vertical",
+    "bad_sampling_rate",
+    "short_segment",
+    "other",
+)
+
+# Why the feeder dropped samples it received, before cutting them into chunks.
+FEED_DROP_REASONS = (
+    "unknown_channel",  # channel code not Z/N/E/1/2 (or shorter than three letters)
+    "unlisted_station",  # not in the configured [[stations]]
+    "already_cut",  # older than the chunks already cut (re-delivered after a restart, or late)
+)
+
+
+def failure_reason(reason: str) -> str:
+    """``reason`` if it is one of FAILURE_REASONS, else "internal"."""
+    return reason if reason in FAILURE_REASONS else "internal"
+
+
+def prep_skip_reason(reason: str) -> str:
+    """``reason`` if it is one of PREP_SKIP_REASONS, else "other"."""
+    return reason if reason in PREP_SKIP_REASONS else "other"
+
+
+def quakescan_version() -> str:
+    """The installed quakescan distribution's version ("unknown" when not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("quakescan")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _multiprocess() -> bool:
@@ -80,6 +129,16 @@ class Metrics:
             ["reason"],
             **kw,
         )
+        for reason in FAILURE_REASONS:  # every known reason is scraped, at 0 until it happens
+            self.task_failures_total.labels(reason)
+            self.deadletter_total.labels(reason)
+        self.prepare_skipped_total = Counter(
+            "quakescan_prepare_skipped_total",
+            "Chunk data the workers' stream preparation skipped, by station and reason "
+            "(traces or pieces; samples for non_finite_samples).",
+            ["station", "reason"],
+            **kw,
+        )
         self.model_info = gauge(
             "quakescan_model_info",
             "The model a process serves (value 1), with its execution provider.",
@@ -115,6 +174,14 @@ class Metrics:
             ["feed"],
             **kw,
         )
+        self.feed_dropped_samples_total = Counter(
+            "quakescan_feed_dropped_samples_total",
+            "Samples the feeder received and dropped before cutting chunks, by reason.",
+            ["reason"],
+            **kw,
+        )
+        for reason in FEED_DROP_REASONS:
+            self.feed_dropped_samples_total.labels(reason)
         self.chunks_sent_total = Counter(
             "quakescan_chunks_sent_total", "Chunks sent to the detect queue.", ["station"], **kw
         )
@@ -161,6 +228,7 @@ class Metrics:
             "quakescan_batch_tasks_total", "Batch station-day tasks by outcome.", ["status"], **kw
         )
         self.build_info = gauge("quakescan_build_info", "quakescan version (value 1).", ["version"])
+        self.build_info.labels(quakescan_version()).set(1)  # every process that has metrics
 
 
 _DEFAULT: Metrics | None = None

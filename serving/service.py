@@ -17,14 +17,14 @@ from celery.worker import WorkController
 from celery.worker import state as worker_state
 from quakescan.detector.catalog import Detection
 
-from .app import make_app
-from .bus import MemoryStream
-from .commands import celery_sender
+from .app import celery_sender, make_app
+from .bus import MemoryBus
 from .config import ServiceConfig
 from .feeder import Feeder
 from .httpd import serve_http
 from .metrics import Metrics, default_metrics
 from .sink import CatalogFiles, MemoryDetections, MemoryState, Sink
+from .tasks import build_state, set_worker_state
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +41,13 @@ class InProcessService:
         self.cfg = cfg
         self.metrics = metrics or default_metrics()
         self.app = make_app(cfg)
-        self.probs = MemoryStream("probabilities")
+        self.probs = MemoryBus("probabilities")
         self.dead: list[dict] = []
-        self.app.quakescan_bus = self.probs
-        self.app.quakescan_deadletter = self.dead.append
-        import quakescan.serving.tasks as tasks
-
-        self.app.quakescan_worker_state = tasks.build_state(self.app, cfg, self.metrics)
-        self.detector = self.app.quakescan_worker_state.detector
+        self.worker_state = build_state(
+            cfg, metrics=self.metrics, bus=self.probs, deadletter=self.dead.append
+        )
+        set_worker_state(self.worker_state)
+        self.detector = self.worker_state.detector
         spec = self.detector.spec
         self.state = MemoryState()
         self.published = MemoryDetections()

@@ -31,6 +31,7 @@ from quakescan.detector.model import OnnxModel
 from quakescan.detector.spec import ModelSpec
 from quakescan.detector.trigger import StationTrigger, TriggerFactory
 
+from .bus import Bus, Publisher, StateStore
 from .config import DET_STREAM, ServiceConfig
 from .metrics import Metrics
 
@@ -165,8 +166,25 @@ class MemoryDetections:
 
 
 class RedisState:
-    def __init__(self, client) -> None:
+    """The sink's state in Redis; ``progress()`` is also what a feeder on another host reads."""
+
+    def __init__(self, client, progress_every_s: float = 0.5) -> None:
         self.r = client
+        self.progress_every_s = progress_every_s
+        self._progress: dict[str, int] = {}
+        self._progress_t = 0.0
+
+    def progress(self) -> dict[str, int]:
+        """The last triggered chunk per station (read from Redis at most every progress_every_s)."""
+        if time.time() - self._progress_t > self.progress_every_s:
+            try:
+                self._progress = {
+                    k.decode(): int(v) for k, v in self.r.hgetall(PROGRESS_KEY).items()
+                }
+            except Exception:  # Redis down: keep the last known progress
+                pass
+            self._progress_t = time.time()
+        return self._progress
 
     def load(self) -> dict[str, dict]:
         return {k.decode(): json.loads(v) for k, v in self.r.hgetall(STATE_KEY).items()}
@@ -212,14 +230,14 @@ def station_key(station: str, prefix: str) -> str:
 
 
 class Sink:
-    """Probabilities in (a RedisStream or MemoryStream), detections out."""
+    """Probabilities in (a ``Bus``), detections out (a ``Publisher`` and daily catalogs)."""
 
     def __init__(
         self,
         cfg: ServiceConfig,
-        source,
-        publisher,
-        state_store,
+        source: Bus,
+        publisher: Publisher,
+        state_store: StateStore,
         catalogs: CatalogFiles | None,
         metrics: Metrics,
         *,

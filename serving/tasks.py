@@ -9,68 +9,95 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import redis
-from celery import shared_task
+from celery import Celery, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 from quakescan.detector.core import Detector
 
-from .app import TASK_BATCH_DAY, TASK_BATCH_FINALIZE, TASK_DETECT, TASK_DETECT_MANY
-from .bus import RedisStream, redis_client
+from .app import (
+    TASK_BATCH_DAY,
+    TASK_BATCH_FINALIZE,
+    TASK_DETECT,
+    TASK_DETECT_MANY,
+    app_config,
+)
+from .bus import Bus, RedisBus, redis_client
 from .chunks import BadChunk, Chunk, chunk_probabilities, failure_message
 from .config import DEADLETTER, PROB_STREAM, ServiceConfig
-from .metrics import Metrics, default_metrics
+from .metrics import Metrics, default_metrics, failure_reason, prep_skip_reason
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class WorkerState:
-    """What one worker process holds: the model session, its outputs and metrics."""
+    """What one worker process holds: the model session, where its results go, its metrics."""
 
     cfg: ServiceConfig
     detector: Detector
-    bus: Any  # RedisStream or MemoryStream
-    deadletter: Any  # callable(entry: dict)
+    bus: Bus  # probabilities out, to the sink
+    deadletter: Callable[[dict[str, Any]], None]  # a chunk that could not be processed
     metrics: Metrics
-    name: str
-
-
-_STATE: WorkerState | None = None
-_LOCK = threading.Lock()
+    name: str  # host:pid, in results and dead-letter entries
+    redis: redis.Redis | None = None  # batch jobs' client (made on first use)
 
 
 def build_state(
-    app, cfg: ServiceConfig | None = None, metrics: Metrics | None = None
+    cfg: ServiceConfig,
+    *,
+    metrics: Metrics | None = None,
+    bus: Bus | None = None,
+    deadletter: Callable[[dict[str, Any]], None] | None = None,
 ) -> WorkerState:
-    cfg = cfg or app.quakescan_config
+    """Load the model; results go to ``bus`` and ``deadletter`` (Redis's when not given)."""
     det = Detector(cfg.model, step_s=cfg.step_s, device=cfg.device, threads=cfg.threads)
     metrics = metrics or default_metrics()
-    bus = getattr(app, "quakescan_bus", None)
-    dead = getattr(app, "quakescan_deadletter", None)
-    if bus is None or dead is None:
+    if bus is None or deadletter is None:
         client = redis_client(cfg)
-        bus = bus or RedisStream(client, PROB_STREAM)
+        bus = bus or RedisBus(client, PROB_STREAM)
 
-        def push(entry: dict, client: redis.Redis = client) -> None:
+        def push(entry: dict[str, Any], client: redis.Redis = client) -> None:
             client.lpush(DEADLETTER, json.dumps(entry))
 
-        dead = dead or push
+        deadletter = deadletter or push
     spec = det.spec
     metrics.model_info.labels(spec.name, spec.version, det.provider).set(1)
     name = f"{socket.gethostname()}:{os.getpid()}"
     log.info("worker %s serves %s %s on %s", name, spec.name, spec.version, det.provider)
-    return WorkerState(cfg, det, bus, dead, metrics, name)
+    return WorkerState(cfg, det, bus, deadletter, metrics, name)
 
 
-def get_state(app) -> WorkerState:
+# This process's worker state, the one place tasks get it from: given by the code that
+# embeds a worker (`quakescan serve`: its in-memory bus and dead-letter list), or built
+# from the app's config on the first task. One per process, not per app: Celery may hand
+# a task the default app in a thread where the embedding app is not current.
+_STATE: WorkerState | None = None
+_GIVEN = False
+_LOCK = threading.Lock()
+
+
+def set_worker_state(state: WorkerState | None) -> None:
+    """Tasks in this process use ``state`` (None: build one from the app's config again)."""
+    global _STATE, _GIVEN
+    with _LOCK:
+        _STATE, _GIVEN = state, state is not None
+
+
+def get_state(app: Celery) -> WorkerState:
     global _STATE
     with _LOCK:
         if _STATE is None:
-            _STATE = getattr(app, "quakescan_worker_state", None) or build_state(app)
+            cfg = app_config(app)
+            if cfg is None:
+                raise RuntimeError(
+                    f"Celery app {app.main!r} was not made by quakescan.serving.app.make_app"
+                )
+            _STATE = build_state(cfg)
         return _STATE
 
 
@@ -80,10 +107,13 @@ def _load_model_in_child(**_kw) -> None:
     global _STATE
     from celery import current_app
 
-    _STATE = None
-    if getattr(current_app, "quakescan_config", None) is not None:
+    app = current_app._get_current_object()
+    with _LOCK:
+        if not _GIVEN:
+            _STATE = None  # a session or connection made before the fork is not this process's
+    if app_config(app) is not None:
         try:
-            get_state(current_app)
+            get_state(app)
         except Exception:  # reported again, with the chunk, by the first task
             log.exception("model could not be loaded at worker start")
 
@@ -91,9 +121,9 @@ def _load_model_in_child(**_kw) -> None:
 def _fail(state: WorkerState, msg: Any, reason: str, error: str) -> dict[str, Any]:
     m = state.metrics
     station = msg.get("station", "") if isinstance(msg, dict) else ""
-    m.task_failures_total.labels(reason).inc()
+    m.task_failures_total.labels(failure_reason(reason)).inc()
     m.chunks_total.labels(station or "unknown", "failed").inc()
-    m.deadletter_total.labels(reason).inc()
+    m.deadletter_total.labels(failure_reason(reason)).inc()
     entry = {
         "reason": reason,
         "error": error,
@@ -124,6 +154,8 @@ def _probabilities(state: WorkerState, msg: Any) -> dict[str, Any] | dict[str, s
         )
         for b in result.batches:
             m.inference_batch_size.labels(spec.name).observe(b)
+    for reason, n in result.report.skipped.items():  # a missing component, NaNs, ...
+        m.prepare_skipped_total.labels(chunk.station, prep_skip_reason(reason)).inc(n)
     m.windows_total.labels(chunk.station, spec.name).inc(len(result.k))
     m.chunks_total.labels(chunk.station, "ok").inc()
     return result.to_message(state.name)

@@ -54,8 +54,8 @@ def test_stations_file_loads_with_the_service_config(path):
 @pytest.mark.parametrize("path", STATIONS_FILES, ids=lambda p: str(p.relative_to(DEPLOY)))
 def test_the_feeder_builds_every_feed_of_the_file(path, tmp_path):
     """The real feed constructors accept every option (paths moved to local stand-ins)."""
-    from quakescan.serving.commands import build_feeds
     from quakescan.serving.config import load_config
+    from quakescan.serving.feeds import build_feeds
 
     for sub in ("sds", "incoming"):
         (tmp_path / sub).mkdir()

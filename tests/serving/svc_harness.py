@@ -9,9 +9,8 @@ from pathlib import Path
 
 import redis
 from prometheus_client import CollectorRegistry
-from quakescan.serving.app import make_app
-from quakescan.serving.bus import RedisStream, redis_client
-from quakescan.serving.commands import celery_sender, redis_progress
+from quakescan.serving.app import celery_sender, make_app
+from quakescan.serving.bus import RedisBus, redis_client
 from quakescan.serving.config import PROB_STREAM, load_config
 from quakescan.serving.feeder import Feeder
 from quakescan.serving.feeds.files import ReplayFeed
@@ -51,7 +50,7 @@ class Pipeline:
             metrics=self.metrics,
             spool_dir=self.cfg.spool_dir,
             max_in_flight=max_in_flight,
-            progress=redis_progress(self.client),
+            progress=RedisState(self.client).progress,
             send_many=celery_sender(self.app, many=True) if self.cfg.batch_chunks > 1 else None,
             batch_chunks=self.cfg.batch_chunks,
         )
@@ -62,7 +61,7 @@ class Pipeline:
     def new_sink(self, consumer: str = "sink-1") -> Sink:
         return Sink(
             self.cfg,
-            RedisStream(self.client, PROB_STREAM),
+            RedisBus(self.client, PROB_STREAM),
             RedisDetections(self.client),
             RedisState(self.client),
             CatalogFiles(self.cfg.out_dir, self.cfg.formats, self.cfg.catalog_rewrite_s),

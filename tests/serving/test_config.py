@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from quakescan.serving.app import make_app
 from quakescan.serving.bus import redis_client
 from quakescan.serving.cli import cli
-from quakescan.serving.commands import build_feeds
 from quakescan.serving.config import ConfigError, FeedConfig, ServiceConfig, load_config
+from quakescan.serving.feeds import build_feeds
 from quakescan.serving.feeds.files import FolderFeed, ReplayFeed, SDSFollowFeed
 
 REPO = Path(__file__).resolve().parents[2]
@@ -197,13 +197,11 @@ def test_bad_feeds_and_stations_are_named(tmp_path):
     with pytest.raises(ConfigError, match=r"\[\[stations\]\] entry 1 has no 'id'"):
         load_config(toml(tmp_path, '[[stations]]\nname = "BKS"\n'), None, env={})
     # Options are checked when the feeds are built: a missing or unknown one is named.
-    from click import ClickException
-
     cfg = ServiceConfig(feeds=[FeedConfig("sds", {"stations": ["YA.UV05"]})])
-    with pytest.raises(ClickException, match="type 'sds' needs 'root'"):
+    with pytest.raises(ConfigError, match="type 'sds' needs 'root'"):
         build_feeds(cfg)
     cfg = ServiceConfig(feeds=[FeedConfig("folder", {"path": str(tmp_path), "speed": 2})])
-    with pytest.raises(ClickException, match=r"unknown option\(s\) speed"):
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) speed"):
         build_feeds(cfg)
 
 

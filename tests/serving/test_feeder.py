@@ -20,9 +20,10 @@ import pytest
 from obspy import Stream, Trace, UTCDateTime
 from prometheus_client import CollectorRegistry
 from quakescan.detector import Detector
-from quakescan.serving.chunks import Chunk, chunk_phase, chunk_probabilities, mseed_to_stream
+from quakescan.serving.chunks import Chunk, chunk_probabilities, mseed_to_stream
 from quakescan.serving.feeder import Feeder, SendError
 from quakescan.serving.feeds.files import ReplayFeed, SDSFollowFeed
+from quakescan.serving.grid import chunk_phase
 from quakescan.serving.metrics import Metrics
 
 STEP_S, WINDOW_S = 1.0, 10.0  # the shipped model's geometry

@@ -9,7 +9,7 @@ import threading
 import obspy
 from obspy import UTCDateTime
 from quakescan.detector.catalog import Detection, read_csv, read_jsonl
-from quakescan.serving.bus import MemoryStream
+from quakescan.serving.bus import MemoryBus
 from quakescan.serving.config import ServiceConfig
 from quakescan.serving.metrics import Metrics
 from quakescan.serving.sink import CatalogFiles, MemoryDetections, MemoryState, Sink
@@ -62,7 +62,7 @@ def test_the_sink_completes_csv_and_quakeml_when_it_stops(tmp_path):
     cat.write([later])
     sink = Sink(
         ServiceConfig(broker_url="memory://"),
-        MemoryStream(),
+        MemoryBus(),
         MemoryDetections(),
         MemoryState(),
         cat,
@@ -104,7 +104,7 @@ def _windows(sink) -> float:
 def _sink(clock):
     from prometheus_client import CollectorRegistry
 
-    src = MemoryStream()
+    src = MemoryBus()
     sink = Sink(
         ServiceConfig(broker_url="memory://", reorder_timeout_s=600.0),
         src,
