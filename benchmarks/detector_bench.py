@@ -182,6 +182,7 @@ def _version(module: str) -> str | None:
 def resolve_device(device: str) -> str:
     """'auto' -> 'cuda' when ONNX Runtime's CUDA provider and an NVIDIA driver are both there."""
     import onnxruntime as ort
+
     from quakescan.detector.model import gpu_present
 
     if device not in ("auto", "cpu", "cuda"):
@@ -314,6 +315,7 @@ def prepared_windows(path: str, model_path: str, step_s: float | None) -> dict[s
     [(data float32[C, n], k int64[m], offset int64[m])].
     """
     import obspy
+
     from quakescan.detector.model import OnnxModel
     from quakescan.detector.prepare import prepare_stream
     from quakescan.detector.windows import grid_windows
@@ -490,6 +492,7 @@ def worker_build(cfg: dict[str, Any]) -> dict[str, Any]:
 def worker_parity(cfg: dict[str, Any]) -> dict[str, Any]:
     """PyTorch vs ONNX Runtime on real windows spread over the day; SeisBench likewise."""
     import torch
+
     from quakescan.detector.model import OnnxModel
     from quakescan.detector.windows import window_view
 
@@ -514,6 +517,7 @@ def worker_parity(cfg: dict[str, Any]) -> dict[str, Any]:
     }
     if cfg["run_seisbench"]:
         import obspy
+
         from quakescan.detector.windows import step_ns
 
         st = obspy.read(cfg["mseed"])
@@ -542,6 +546,7 @@ def worker_e2e(cfg: dict[str, Any], patched: bool = False) -> dict[str, Any]:
     patched: the what-if run, with ``proposed_iter_batches`` in place of the shipped gather.
     """
     import obspy
+
     from quakescan.detector import core as detector_core
     from quakescan.detector.core import Detector, RunStats
 
@@ -599,6 +604,7 @@ def worker_profile(cfg: dict[str, Any]) -> dict[str, Any]:
     import pstats
 
     import obspy
+
     from quakescan.detector.core import Detector
     from quakescan.detector.prepare import prepare_stream
     from quakescan.detector.windows import grid_windows, iter_batches
@@ -688,6 +694,7 @@ def worker_profile(cfg: dict[str, Any]) -> dict[str, Any]:
 def ort_op_profile(cfg: dict[str, Any], segs: list[Any], spec: Any) -> list[tuple[str, float]]:
     """Share of ONNX Runtime's node time by operator type, over a few batches (profiling on)."""
     import onnxruntime as ort
+
     from quakescan.detector.windows import window_view
 
     so = ort.SessionOptions()
@@ -937,6 +944,7 @@ def worker_seisbench(cfg: dict[str, Any]) -> dict[str, Any]:
     import obspy
     import seisbench
     import torch
+
     from quakescan.detector.model import OnnxModel
 
     if cfg["threads"] is not None:

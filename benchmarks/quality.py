@@ -69,6 +69,7 @@ import scipy.signal  # noqa: E402
 from numpy.lib.stride_tricks import sliding_window_view  # noqa: E402
 from obspy import Stream, UTCDateTime  # noqa: E402
 from obspy.signal.trigger import recursive_sta_lta, trigger_onset  # noqa: E402
+
 from quakescan.detector.associate import associate  # noqa: E402
 from quakescan.detector.catalog import Detection, format_time  # noqa: E402
 from quakescan.detector.core import Detector, StationProbabilities  # noqa: E402

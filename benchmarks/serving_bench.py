@@ -195,6 +195,7 @@ def _role_config(args, tmp: Path):
 def role_feeder(args) -> None:
     """The feeder process: RealtimeFeed -> Feeder -> Celery detect queue (quakescan feed's wiring)."""
     from prometheus_client import CollectorRegistry
+
     from quakescan.serving.app import celery_sender, make_app
     from quakescan.serving.bus import redis_client
     from quakescan.serving.feeder import Feeder
@@ -283,6 +284,7 @@ class _Recorder:
 def role_sink(args) -> None:
     """The sink process: quakescan sink's wiring, with the latency histograms recorded."""
     from prometheus_client import CollectorRegistry
+
     from quakescan.serving.bus import RedisBus, redis_client
     from quakescan.serving.config import PROB_STREAM
     from quakescan.serving.metrics import Metrics
@@ -408,6 +410,7 @@ def machine() -> dict[str, Any]:
         versions = {}
     rs = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout
     import obspy
+
     from quakescan.detector.model import OnnxModel
 
     provider = OnnxModel(None, device="auto", threads=1).provider  # what a worker picks

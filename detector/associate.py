@@ -36,6 +36,7 @@ from typing import Any
 from obspy import UTCDateTime
 from obspy.core.event import Catalog, Event, ResourceIdentifier
 from obspy.core.util import AttribDict
+
 from quakescan.detector.catalog import (
     _NSMAP,
     _RID_PREFIX,

@@ -39,6 +39,7 @@ from typing import Any, Protocol
 
 import click
 from obspy import UTCDateTime
+
 from quakescan.detector.catalog import format_time, read_catalog
 from quakescan.detector.fsio import atomic_write
 from quakescan.detector.refcatalog import (

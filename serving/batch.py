@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 from obspy import Stream, UTCDateTime
+
 from quakescan.detector.catalog import (
     Detection,
     detection_from_dict,
@@ -39,6 +40,8 @@ from quakescan.detector.sources import (
 )
 from quakescan.detector.trigger import StationTrigger
 from quakescan.detector.windows import step_ns
+
+from .metrics import prep_skip_reason
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +91,7 @@ class JobSpec:
 def plan_files(paths: list[str]) -> list[dict[str, Any]]:
     """Station-day items from waveform files (headers only are read here)."""
     import obspy
+
     from quakescan.detector.prepare import expand_paths
 
     groups: dict[tuple[str, str], set[str]] = {}
@@ -245,6 +249,9 @@ def run_station_day(state, job_id: str, item: dict[str, Any], task=None) -> dict
             pipe.hset(
                 PROBS.format(job_id), f"{key}|{item['day']}|{_item_key(item)}", buf.getvalue()
             )
+        station = item.get("station") or item.get("selector", "")
+        for reason, n in report.skipped.items():  # a missing component, NaNs, a low rate, ...
+            m.prepare_skipped_total.labels(station, prep_skip_reason(reason)).inc(n)
         status = {
             "status": "ok",
             "windows": int(sum(len(sp.k) for sp in out.values())),

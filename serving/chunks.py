@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import obspy
 from obspy import Stream, Trace
+
 from quakescan.detector.core import Detector
 from quakescan.detector.prepare import PrepReport
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 from obspy import Stream, Trace
+
 from quakescan.detector.fsio import atomic_write
 from quakescan.detector.prepare import COMPONENT_MAP
 

@@ -49,6 +49,7 @@ PREP_SKIP_REASONS = (
     "duplicate_component",
     "missing_vertical",
     "bad_sampling_rate",
+    "sampling_rate_too_low",
     "short_segment",
     "other",
 )

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from celery.worker import WorkController
 from celery.worker import state as worker_state
+
 from quakescan.detector.catalog import Detection
 
 from .app import celery_sender, make_app

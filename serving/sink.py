@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from quakescan.detector.catalog import (
     Detection,
     detection_to_dict,

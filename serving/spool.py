@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from obspy import Trace
+
 from quakescan.detector.fsio import atomic_write
 
 

@@ -17,6 +17,7 @@ import redis
 from celery import Celery, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
+
 from quakescan.detector.core import Detector
 
 from .app import (

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 from obspy import Stream, Trace, UTCDateTime
+
 from quakescan.detector.prepare import PrepReport, expand_paths, read_waveforms
 from quakescan.training.clusters import kmeans_clusters
 from quakescan.training.cut import (  # noqa: F401  (SKIP_REASONS, select_channels: public here too)

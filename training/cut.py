@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from obspy import Stream, Trace, UTCDateTime
+
 from quakescan.detector.prepare import COMPONENT_MAP, PrepReport, Segment, prepare_station
 
 log = logging.getLogger(__name__)

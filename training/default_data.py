@@ -29,6 +29,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 from obspy import Stream, Trace, UTCDateTime
+
 from quakescan.training.build import BuildReport, CutResult, WindowSet, cut_templates, write_cut
 from quakescan.training.templates import read_templates
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
+
 from quakescan.detector.fsio import atomic_write
 from quakescan.detector.spec import SPEC_KEY, ModelSpec, Preparation
 from quakescan.detector.trigger import PLATEAU_DELTA, TriggerParams

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from obspy import UTCDateTime
+
 from quakescan.detector.refcatalog import ReferenceCatalog, read_reference
 
 Coords = tuple[float, float, float]  # event latitude, longitude (deg), depth (km)

@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from quakescan.detector.fsio import atomic_write
 from tqdm import tqdm
+
+from quakescan.detector.fsio import atomic_write
 
 from .augment import AugmentConfig, augment_batch
 from .metrics import binary_metrics

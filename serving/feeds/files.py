@@ -14,6 +14,7 @@ from pathlib import Path
 import obspy
 from obspy import Stream, Trace, UTCDateTime
 from obspy.io.mseed.util import get_record_information
+
 from quakescan.detector.fsio import atomic_write
 from quakescan.detector.prepare import expand_paths
 

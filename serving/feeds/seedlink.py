@@ -73,6 +73,7 @@ from obspy.clients.seedlink.client.slnetstation import SLNetStation
 from obspy.clients.seedlink.client.slstate import SLState
 from obspy.clients.seedlink.seedlinkexception import SeedLinkException
 from obspy.clients.seedlink.slpacket import SLPacket
+
 from quakescan.detector.fsio import atomic_write
 from quakescan.serving.feeds import Emit, Feed
 from quakescan.serving.metrics import Metrics, default_metrics

@@ -92,6 +92,7 @@ def test_stations_loader_rejects_secrets_in_the_file(tmp_path):
 @pytest.mark.parametrize("path", STATIONS_FILES[1:], ids=lambda p: str(p.relative_to(DEPLOY)))
 def test_replay_feed_plays_the_whole_shipped_sample(path):
     from obspy import read
+
     from quakescan.serving.config import load_config
 
     config = load_config(path, env={})
@@ -197,6 +198,7 @@ def _command_lines() -> list[tuple[str, list[str]]]:
 
 def test_every_service_command_parses_with_the_real_cli(tmp_path):
     import click
+
     from quakescan.serving.cli import cli
 
     real_paths = {

@@ -8,6 +8,7 @@ import random
 import obspy
 import pytest
 from obspy import UTCDateTime
+
 from quakescan.detector.associate import (
     NetworkEvent,
     associate,

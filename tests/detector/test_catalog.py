@@ -9,6 +9,7 @@ from pathlib import Path
 import obspy
 import pytest
 from obspy import UTCDateTime
+
 from quakescan.detector.catalog import (
     FIELDS,
     QUAKESCAN_NS,

@@ -12,6 +12,7 @@ import obspy
 import pytest
 from click.testing import CliRunner, Result
 from obspy import Stream, UTCDateTime
+
 from quakescan.detector import Detector
 from quakescan.detector.catalog import read_catalog
 from quakescan.detector.model import OnnxModel, shipped_models
@@ -267,7 +268,7 @@ def _resampled(path: Path, rate_hz: float, out: Path) -> Path:
         if rate_hz < tr.stats.sampling_rate:
             tr.filter("lowpass", freq=0.4 * rate_hz, zerophase=True)
         tr.resample(rate_hz, no_filter=True)
-    st.write(str(out), format="MSEED")
+    st.write(str(out), format="MSEED", encoding="FLOAT32")
     return out
 
 

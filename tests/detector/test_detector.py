@@ -8,6 +8,7 @@ import numpy as np
 import obspy
 import pytest
 from obspy import Stream, UTCDateTime
+
 from quakescan.detector import Detector
 from quakescan.detector.model import OnnxModel, shipped_models
 from quakescan.detector.stalta import StaLtaParams

@@ -6,6 +6,7 @@ import numpy as np
 import obspy
 import pytest
 from obspy import Stream
+
 from quakescan.detector.prepare import PrepReport, prepare_stream, read_waveforms
 from quakescan.detector.windows import grid_windows, iter_batches, window_view
 

@@ -13,6 +13,7 @@ from obspy.core.event import (
     ResourceIdentifier,
     WaveformStreamID,
 )
+
 from quakescan.detector.refcatalog import read_reference
 
 T0 = UTCDateTime("2020-01-01T00:00:00Z")

@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 from obspy import UTCDateTime
 from obspy.core.event import Catalog, Event, Origin, Pick, WaveformStreamID
+
 from quakescan.detector.associate import associate
 from quakescan.detector.catalog import Detection, write_catalog, write_quakeml
 from quakescan.detector.refcatalog import ReferenceTime, read_reference

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from quakescan.detector.trigger import StationTrigger, TriggerParams, trigger_onoff
 
 CLASSES = ("noise", "earthquake", "tremor")

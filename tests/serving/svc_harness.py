@@ -9,6 +9,7 @@ from pathlib import Path
 
 import redis
 from prometheus_client import CollectorRegistry
+
 from quakescan.serving.app import celery_sender, make_app
 from quakescan.serving.bus import RedisBus, redis_client
 from quakescan.serving.config import PROB_STREAM, load_config

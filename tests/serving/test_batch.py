@@ -15,6 +15,7 @@ import redis
 from click.testing import CliRunner, Result
 from conftest import WorkerProcess
 from obspy import Stream, UTCDateTime
+
 from quakescan.detector import Detector
 from quakescan.detector.catalog import read_catalog
 from quakescan.serving.cli import cli

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+
 from quakescan.serving.app import make_app
 from quakescan.serving.bus import redis_client
 from quakescan.serving.cli import cli

@@ -16,9 +16,10 @@ import pytest
 import redis
 from conftest import REPO, RedisServer, WorkerProcess, service_env
 from obspy import Stream
+from svc_harness import Pipeline
+
 from quakescan.detector import Detector
 from quakescan.serving.feeds import Feed
-from svc_harness import Pipeline
 
 pytestmark = pytest.mark.slow
 

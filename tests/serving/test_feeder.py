@@ -19,6 +19,7 @@ import obspy
 import pytest
 from obspy import Stream, Trace, UTCDateTime
 from prometheus_client import CollectorRegistry
+
 from quakescan.detector import Detector
 from quakescan.serving.chunks import Chunk, chunk_probabilities, mseed_to_stream
 from quakescan.serving.feeder import Feeder, SendError

@@ -18,6 +18,7 @@ import numpy as np
 import obspy
 import pytest
 from obspy import Trace, UTCDateTime
+
 from quakescan.serving.feeds.files import FolderFeed, ReplayFeed, SDSFollowFeed
 
 WAIT_S = 10.0  # upper bound of every wait; the tests normally take far less

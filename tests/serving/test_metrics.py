@@ -12,6 +12,7 @@ import obspy
 import pytest
 from obspy import Stream, Trace, UTCDateTime
 from prometheus_client import CollectorRegistry, generate_latest
+
 from quakescan.serving.bus import MemoryBus
 from quakescan.serving.chunks import Chunk, stream_to_mseed
 from quakescan.serving.config import load_config

@@ -15,6 +15,7 @@ import obspy
 import pytest
 from obspy import Trace
 from prometheus_client import CollectorRegistry
+
 from quakescan.serving.feeds.seedlink import SeedLinkFeed, parse_stream
 from quakescan.serving.metrics import Metrics
 

@@ -17,6 +17,7 @@ from click.testing import CliRunner, Result
 from conftest import free_port
 from obspy import Stream
 from prometheus_client import CollectorRegistry
+
 from quakescan.detector import Detector
 from quakescan.detector.catalog import read_catalog
 from quakescan.detector.model import OnnxModel, resolve_model_path

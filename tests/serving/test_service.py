@@ -10,10 +10,11 @@ import urllib.request
 import obspy
 import pytest
 import redis
+from svc_harness import Pipeline
+
 from quakescan.detector import Detector
 from quakescan.serving.app import TASK_DETECT, TASK_DETECT_MANY, make_app
 from quakescan.serving.chunks import Chunk
-from svc_harness import Pipeline
 
 pytestmark = pytest.mark.slow
 

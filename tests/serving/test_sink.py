@@ -8,6 +8,7 @@ import threading
 
 import obspy
 from obspy import UTCDateTime
+
 from quakescan.detector.catalog import Detection, read_csv, read_jsonl
 from quakescan.serving.bus import MemoryBus
 from quakescan.serving.config import ServiceConfig

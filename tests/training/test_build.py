@@ -20,6 +20,7 @@ from obspy.core.event import (
     ResourceIdentifier,
     WaveformStreamID,
 )
+
 from quakescan.training.build import (
     build_templates,
     cut_templates,

@@ -11,6 +11,7 @@ import numpy as np
 import obspy
 import pytest
 from obspy import UTCDateTime
+
 from quakescan.detector import Detector
 from quakescan.detector.windows import grid_windows
 from quakescan.training.build import cut_templates

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import scipy.signal
 import torch
+
 from quakescan.training.frontend import (
     PreparationConfig,
     Spectrogram,

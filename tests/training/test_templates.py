@@ -8,6 +8,7 @@ import sys
 import h5py
 import numpy as np
 import pytest
+
 from quakescan.training.augment import AugmentConfig, augment_batch
 from quakescan.training.templates import (
     TemplatesError,

@@ -9,6 +9,7 @@ import onnx
 import pytest
 import torch
 from click.testing import CliRunner
+
 from quakescan.detector.model import OnnxModel
 from quakescan.detector.spec import SPEC_KEY, SpecError
 from quakescan.serving.cli import cli
@@ -248,6 +249,7 @@ def test_export_rebuilds_an_older_model_file(data_dir, tmp_path):
     """A model file exported by quakescan 0.1 (depthwise FIR) is rebuilt as this version's
     graph: same spec, same probabilities on real windows, no depthwise convolution left."""
     import onnxruntime as ort
+
     from quakescan.training.templates import read_templates
 
     old = data_dir / "convnetquake_quakescan0.1.onnx"
