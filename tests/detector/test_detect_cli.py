@@ -268,6 +268,7 @@ def _resampled(path: Path, rate_hz: float, out: Path) -> Path:
         if rate_hz < tr.stats.sampling_rate:
             tr.filter("lowpass", freq=0.4 * rate_hz, zerophase=True)
         tr.resample(rate_hz, no_filter=True)
+        tr.data = tr.data.astype("float32")
     st.write(str(out), format="MSEED", encoding="FLOAT32")
     return out
 
