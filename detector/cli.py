@@ -12,7 +12,7 @@ from obspy import UTCDateTime
 from .catalog import Detection, catalog_format
 
 
-def _utc(_ctx, _param, value):
+def utc_option(_ctx, _param, value):
     if value is None:
         return None
     try:
@@ -21,6 +21,37 @@ def _utc(_ctx, _param, value):
         raise click.BadParameter(
             f"{value!r} is not a time (use e.g. 2010-09-01 or 2010-09-01T12:00:00)"
         ) from None
+
+
+def catalog_options(f):
+    """--min-stations, --association-window and --format: how a catalog is written
+    (``detect`` and ``batch fetch`` alike)."""
+    opts = [
+        click.option(
+            "--min-stations",
+            type=int,
+            default=1,
+            show_default=True,
+            help="Keep only events seen at this many stations (network coincidence).",
+        ),
+        click.option(
+            "--association-window",
+            "association_window_s",
+            type=float,
+            default=5.0,
+            show_default=True,
+            help="Seconds within which station detections form one event.",
+        ),
+        click.option(
+            "--format",
+            "fmt",
+            type=click.Choice(["quakeml", "csv", "jsonl"]),
+            help="Catalog format [from --out's extension].",
+        ),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
 
 
 def _common_model_options(f):
@@ -123,8 +154,8 @@ def _summary(det, per_station: dict, detections: list[Detection], seconds: float
     help="SDS archive root (use with --stations, --start, --end).",
 )
 @click.option("--stations", help="Comma-separated NET.STA[.LOC[.CHA]] for --sds.")
-@click.option("--start", callback=_utc, help="Start time for --sds.")
-@click.option("--end", callback=_utc, help="End time for --sds.")
+@click.option("--start", callback=utc_option, help="Start time for --sds.")
+@click.option("--end", callback=utc_option, help="End time for --sds.")
 @_common_model_options
 @click.option(
     "--method",
@@ -155,27 +186,7 @@ def _summary(det, per_station: dict, detections: list[Detection], seconds: float
 @click.option(
     "--stalta-off", type=float, default=1.5, show_default=True, help="STA/LTA trigger-off ratio."
 )
-@click.option(
-    "--min-stations",
-    type=int,
-    default=1,
-    show_default=True,
-    help="Keep only events seen at this many stations (network coincidence).",
-)
-@click.option(
-    "--association-window",
-    "association_window_s",
-    type=float,
-    default=5.0,
-    show_default=True,
-    help="Seconds within which station detections form one event.",
-)
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["quakeml", "csv", "jsonl"]),
-    help="Catalog format [from --out's extension].",
-)
+@catalog_options
 @click.option(
     "--out",
     type=click.Path(dir_okay=False),
@@ -273,8 +284,8 @@ def detect_cmd(
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
 @_common_model_options
 @click.option("--station", help="Only this station (NET.STA).")
-@click.option("--start", callback=_utc, help="Plot from this time.")
-@click.option("--end", callback=_utc, help="Plot up to this time.")
+@click.option("--start", callback=utc_option, help="Plot from this time.")
+@click.option("--end", callback=utc_option, help="Plot up to this time.")
 def plot_cmd(
     paths,
     out,

@@ -142,7 +142,7 @@ def read_waveforms(paths: list[str | os.PathLike], report: PrepReport | None = N
 
 
 # --------------------------------------------------------------- preparation
-def _header(tr: Trace, starttime: UTCDateTime | None = None) -> dict:
+def trace_header(tr: Trace, starttime: UTCDateTime | None = None) -> dict:
     """The identifying header of a trace (not npts: a new Trace takes that from its data)."""
     s = tr.stats
     return {
@@ -166,13 +166,13 @@ def _clean_trace(tr: Trace, report: PrepReport) -> Stream:
         report.skip("bad_dtype", f"{tr.id}: data type {data.dtype} is not numeric; trace skipped")
         return Stream()
     if data.dtype.kind in "iu" and not np.ma.isMaskedArray(tr.data):
-        return Stream([Trace(data, header=_header(tr))])
+        return Stream([Trace(data, header=trace_header(tr))])
     x = data.astype(np.float64)
     bad = ~np.isfinite(x)
     if np.ma.isMaskedArray(tr.data):
         bad |= np.ma.getmaskarray(tr.data)
     if not bad.any():
-        return Stream([Trace(x, header=_header(tr))])
+        return Stream([Trace(x, header=trace_header(tr))])
     n_bad = int(bad.sum())
     report.skip("non_finite_samples", f"{tr.id}: {n_bad} NaN/inf samples treated as a gap", n_bad)
     out = Stream()
@@ -181,7 +181,7 @@ def _clean_trace(tr: Trace, report: PrepReport) -> Stream:
     idx = np.flatnonzero(np.diff(np.r_[0, good.astype(np.int8), 0]))  # starts/ends of good runs
     runs = list(zip(idx[::2], idx[1::2], strict=True))
     for a, b in runs:
-        piece = Trace(x[a:b].copy(), header=_header(tr, tr.stats.starttime + a / rate))
+        piece = Trace(x[a:b].copy(), header=trace_header(tr, tr.stats.starttime + a / rate))
         out.append(piece)
     for (_, b), (c, _) in zip(runs[:-1], runs[1:], strict=True):
         report.gaps.append(

@@ -15,6 +15,8 @@ from typing import Any
 
 import click
 
+from quakescan.detector.cli import catalog_options, utc_option
+
 log = logging.getLogger("quakescan")
 
 
@@ -280,17 +282,6 @@ def batch_group():
     """Batch catalog jobs over archives (needs Redis and running workers)."""
 
 
-def _utc(_ctx, _param, value):
-    from obspy import UTCDateTime
-
-    if value is None:
-        return None
-    try:
-        return UTCDateTime(value)
-    except Exception:
-        raise click.BadParameter(f"{value!r} is not a time") from None
-
-
 @batch_group.command("submit")
 @click.argument("paths", nargs=-1, type=click.Path())
 @click.option(
@@ -301,8 +292,8 @@ def _utc(_ctx, _param, value):
 )
 @click.option("--sds", "sds_root", type=click.Path(file_okay=False), help="SDS archive root.")
 @click.option("--stations", help="Comma-separated NET.STA[.LOC[.CHA]] for --sds.")
-@click.option("--start", callback=_utc, help="Start time for --sds.")
-@click.option("--end", callback=_utc, help="End time for --sds.")
+@click.option("--start", callback=utc_option, help="Start time for --sds.")
+@click.option("--end", callback=utc_option, help="End time for --sds.")
 @click.option("--model", help="Shipped model name or ONNX file on the workers [the config's].")
 @click.option("--step", "step_s", type=float, help="Window step in seconds [config, else model].")
 @click.option("--threshold", type=float, help="Trigger-on probability [config, else model].")
@@ -449,28 +440,8 @@ def batch_status(job, as_json, follow):
     type=click.Path(dir_okay=False),
     help="Catalog file (.xml, .csv, .jsonl).",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["quakeml", "csv", "jsonl"]),
-    help="[from --out's extension]",
-)
-@click.option(
-    "--min-stations",
-    type=int,
-    default=1,
-    show_default=True,
-    help="Keep only events seen at this many stations (network coincidence, as `detect`).",
-)
-@click.option(
-    "--association-window",
-    "association_window_s",
-    type=float,
-    default=5.0,
-    show_default=True,
-    help="Seconds within which station detections form one event.",
-)
-def batch_fetch(job, out, fmt, min_stations, association_window_s):
+@catalog_options
+def batch_fetch(job, out, min_stations, association_window_s, fmt):
     """Write a finished job's merged catalog."""
     from .bus import redis_client
 

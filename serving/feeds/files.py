@@ -16,7 +16,7 @@ from obspy import Stream, Trace, UTCDateTime
 from obspy.io.mseed.util import get_record_information
 
 from quakescan.detector.fsio import atomic_write
-from quakescan.detector.prepare import expand_paths
+from quakescan.detector.prepare import expand_paths, trace_header
 
 from . import Emit, Feed
 
@@ -30,21 +30,11 @@ def _pieces(st: Stream, packet_s: float) -> list[Trace]:
         t = tr.stats.starttime
         n = max(1, round(packet_s * tr.stats.sampling_rate))
         for i in range(0, tr.stats.npts, n):
-            out.append(Trace(tr.data[i : i + n].copy(), header=_hdr(tr, t + i * tr.stats.delta)))
+            out.append(
+                Trace(tr.data[i : i + n].copy(), header=trace_header(tr, t + i * tr.stats.delta))
+            )
     out.sort(key=lambda p: (p.stats.endtime, p.id))
     return out
-
-
-def _hdr(tr: Trace, start: UTCDateTime) -> dict:
-    s = tr.stats
-    return {
-        "network": s.network,
-        "station": s.station,
-        "location": s.location,
-        "channel": s.channel,
-        "sampling_rate": s.sampling_rate,
-        "starttime": start,
-    }
 
 
 class ReplayFeed(Feed):
