@@ -131,7 +131,7 @@ def run_sds(
 ) -> CatalogRun:
     """Detect over an SDS archive, station by station, day by day (bounded memory).
 
-    The progress bar counts station-days as they are read.
+    The progress bar counts station-days processed (not merely read).
     """
     t0 = time.perf_counter()
     run = CatalogRun()
@@ -143,8 +143,8 @@ def run_sds(
 
             def pieces(sel: StationSelector = sel) -> Iterator[Stream]:
                 for _day, st in iter_sds(Path(root), sel, start, end, det.stats.report):
-                    bar.update(1)
                     yield st
+                    bar.update(1)  # the consumer asked for the next day: this one is done
 
             run.add_station(det, f"{sel.network}.{sel.station}", det.detect_iter(pieces()))
     run.detections = sorted(run.detections)
