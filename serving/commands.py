@@ -353,9 +353,26 @@ def batch_submit(
         f"  follow: quakescan batch status {job}\n  fetch:  quakescan batch fetch {job} --out catalog.xml"
     )
     if wait:
-        _follow(client, job)
+        st = _follow(client, job)
         if out:
             _fetch(client, job, out, None)
+        _exit_on_failures(st)
+
+
+def _exit_on_failures(st: dict) -> None:
+    """A job with failed station-days is not a success: name each one and exit 1.
+
+    Whatever succeeded is still fetched (and written with --out): the catalog of the
+    station-days that ran is exact, and the failures say which ones are missing.
+    """
+    if not st["failed"]:
+        return
+    for f in st["failures"]:
+        click.echo(f"  failed {f['item']} {f['day']}: {f['reason']}: {f['error']}", err=True)
+    raise click.ClickException(
+        f"{st['failed']} of {st['total']} station-days failed; their detections are not in "
+        f"the catalog (quakescan batch status {st['job']})"
+    )
 
 
 def _follow(client, job: str, poll_s: float = 0.5) -> dict:
@@ -414,7 +431,11 @@ def batch_status(job, as_json, follow):
 
     client = redis_client(_config(None))
     if follow:
-        _follow(client, job)
+        try:
+            _exit_on_failures(_follow(client, job))
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+        return
     try:
         st = job_status(client, job)
     except ValueError as exc:

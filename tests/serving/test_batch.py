@@ -238,6 +238,30 @@ def test_a_path_outside_the_data_roots_is_refused_and_the_rest_succeeds(
     assert want
 
 
+def test_submit_wait_with_failed_station_days_exits_non_zero_and_says_why(
+    clean_redis, batch_worker, local, tmp_path
+):
+    """A seismologist scripting `batch submit --wait` must not take a partial catalog for a
+    complete one: the command names each failed station-day and exits 1, and the catalog of
+    the station-days that ran is still written, exact."""
+    outside = tmp_path / "elsewhere" / "BKS.mseed"
+    outside.parent.mkdir()
+    shutil.copy(DATA / BKS, outside)
+    out = tmp_path / "partial.jsonl"
+    res = quakescan(
+        clean_redis, "batch", "submit", outside, DATA / REUNION[1], "--wait", "--out", out
+    )
+    assert res.exit_code == 1, res.output
+    assert "failed BK.BKS. 2017-07-15: outside_data_roots:" in res.output
+    assert "1 of 2 station-days failed" in res.output
+    assert_same_catalog(read_catalog(out), local["uv06"][0])
+    # Following the job later says the same, with the same exit status.
+    job = res.output.splitlines()[0].split()[1].rstrip(":")
+    res = quakescan(clean_redis, "batch", "status", job, "--follow")
+    assert res.exit_code == 1, res.output
+    assert "1 of 2 station-days failed" in res.output
+
+
 def test_fetch_before_the_job_is_done_is_a_clear_error(redis_url, tmp_path):
     idle = redis_url.rsplit("/", 1)[0] + "/7"  # a database no worker consumes from
     r = redis.Redis.from_url(idle)
